@@ -1,0 +1,260 @@
+"""The `Site`: one hospital's data behind one adapter.
+
+A site indexes its source once (cheap: folder listings and tables), keeps a *private* case table
+(file paths, source ids: columns whose names start with ``_``), and exposes only the *public* case
+table (hashed ``case_id``, ``site``, ``split``, labels, binned metadata). Pixels leave a site only as
+tensors from :meth:`Site.dataset`, i.e. inside the site's own training.
+
+Subclasses implement three methods:
+
+``_index()``
+    scan the source; return ``(table, problems)``. One row per usable case with ``case_id`` (from
+    :meth:`Site.hash_id`), the label columns, metadata columns and private ``_``-columns. Defects
+    found while indexing are returned as :class:`~medfed.errors.Problem` records, never raised.
+``_check_case(case)``
+    read every file of one case fully and return its problems (corrupt file, NaN, shape mismatch,
+    unknown labels, ...). Used by :meth:`validate`.
+``_load_case(case)``
+    return the case as numpy arrays: ``{"image": float32 channel-first, "label": ...}``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from monai.data import Dataset as MonaiDataset
+from monai.transforms import Compose, Transform
+
+from medfed.config import SplitConfig
+from medfed.errors import ConfigError, DataProblems, MedfedError, Problem
+from medfed.sites.identity import hash_case_id
+from medfed.sites.splits import SPLITS, assign_splits
+from medfed.stats import suppress_count
+
+PUBLIC_FIXED_COLUMNS = ("case_id", "site", "split")
+
+
+class Site(ABC):
+    """One hospital (or one partition of a data set): its cases, splits and datasets."""
+
+    #: ``"brain_mri"``, ``"chest_xray"`` or ``"ureteroscopy"``.
+    modality: ClassVar[str]
+    #: ``"segmentation"`` or ``"classification"``: what the labels support.
+    label_kind: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        federation: str = "",
+        split: SplitConfig | None = None,
+        salt: str = "",
+        min_count: int = 5,
+    ) -> None:
+        self.name = name
+        self.federation = federation
+        self.split_config = split or SplitConfig()
+        self.min_count = min_count
+        self._salt = salt
+        table, problems = self._index()
+        self._problems: list[Problem] = list(problems)
+        self._table = self._finalise(table)
+
+    # ----------------------------------------------------------------- subclass contract
+    #: label columns of the public table (set by subclasses, may depend on options)
+    label_columns: list[str] = []
+    #: metadata columns of the public table (binned, non-identifying)
+    metadata_columns: list[str] = []
+
+    @property
+    def primary_label(self) -> str | None:
+        """The label used for stratified splits (first label column by default)."""
+        return self.label_columns[0] if self.label_columns else None
+
+    @abstractmethod
+    def _index(self) -> tuple[pd.DataFrame, list[Problem]]: ...
+
+    @abstractmethod
+    def _check_case(self, case: pd.Series) -> list[Problem]: ...
+
+    @abstractmethod
+    def _load_case(self, case: pd.Series) -> dict[str, Any]: ...
+
+    def default_transform(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """MONAI transforms applied after loading; ``None`` leaves numpy arrays as loaded."""
+        return None
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    def hash_id(self, source_id: str) -> str:
+        """Hashed case id for a source id (see :func:`medfed.sites.identity.hash_case_id`)."""
+        return hash_case_id(source_id, self.name, self._salt)
+
+    def problem(self, reason: str, case: str | None = None, file: str | None = None) -> Problem:
+        """A :class:`Problem` located at this site."""
+        return Problem(site=self.name, reason=reason, case=case, file=file)
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def cases(self) -> pd.DataFrame:
+        """The public case table: no file paths, no source identifiers."""
+        public = [c for c in self._table.columns if not str(c).startswith("_")]
+        return self._table[public].copy()
+
+    @property
+    def index_problems(self) -> list[Problem]:
+        """Problems found while indexing the source (cheap checks)."""
+        return list(self._problems)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        counts = self._table["split"].value_counts().to_dict() if len(self._table) else {}
+        return f"{type(self).__name__}(name={self.name!r}, cases={len(self)}, splits={counts})"
+
+    def split(self, name: str | Sequence[str]) -> pd.DataFrame:
+        """Public case rows of one split (``"train"``, ``"val"``, ``"test"``) or several."""
+        names = [name] if isinstance(name, str) else list(name)
+        for n in names:
+            if n not in SPLITS:
+                raise MedfedError(f"unknown split {n!r}; choose from {', '.join(SPLITS)}")
+        return self.cases[self._table["split"].isin(names).to_numpy()]
+
+    def dataset(
+        self,
+        split: str | Sequence[str] = "train",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> MonaiDataset:
+        """A MONAI ``Dataset`` of the split's cases: dicts with ``image``, ``label``, ``case_id``.
+
+        ``transform`` (default :meth:`default_transform`) runs after the case is loaded. The data
+        list behind the dataset holds file paths; it lives in this process, inside the site.
+        """
+        names = [split] if isinstance(split, str) else list(split)
+        rows = self._table[self._table["split"].isin(names)]
+        if transform is None:
+            transform = self.default_transform(names[0])
+        steps: list[Callable[..., Any]] = [_LoadCase(self)]
+        if transform is not None:
+            steps.append(transform)
+        return MonaiDataset(data=rows.to_dict("records"), transform=Compose(steps))
+
+    def validate(self, progress: bool = False) -> list[Problem]:
+        """Every problem of this site: indexing problems plus a full read of every indexed case."""
+        problems = list(self._problems)
+        records = self._table.to_dict("records")
+        iterator: Any = records
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(records, desc=f"validate {self.name}", unit="case", leave=False)
+        for record in iterator:
+            try:
+                problems.extend(self._check_case(pd.Series(record)))
+            except Exception as err:  # a reader bug must not hide the other cases' problems
+                problems.append(self.problem(f"could not be checked: {type(err).__name__}: {err}", record["case_id"]))
+        return problems
+
+    def summary(self) -> dict[str, Any]:
+        """Aggregated, suppressed counts: cases per split, per label value and per metadata value."""
+        table = self._table
+        out: dict[str, Any] = {
+            "site": self.name,
+            "modality": self.modality,
+            "cases": suppress_count(len(table), self.min_count),
+            "splits": {s: suppress_count(int((table["split"] == s).sum()), self.min_count) for s in SPLITS},
+        }
+        for group, columns in (("labels", self.label_columns), ("metadata", self.metadata_columns)):
+            out[group] = {
+                col: {
+                    str(k): suppress_count(int(v), self.min_count)
+                    for k, v in table[col].astype(str).value_counts().sort_index().items()
+                }
+                for col in columns
+                if col in table
+            }
+        return out
+
+    # ----------------------------------------------------------------- internals
+    def _finalise(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Add ``site`` and ``split``, drop duplicate ids (each reported), report an empty site."""
+        table = table.reset_index(drop=True).copy()
+        if "case_id" not in table:
+            table["case_id"] = pd.Series(dtype=str)
+        duplicated = table["case_id"].duplicated(keep=False)
+        for case_id in table.loc[duplicated, "case_id"].unique():
+            sources = table.loc[table["case_id"] == case_id]
+            where = ", ".join(str(s) for s in sources.get("_source_id", sources["case_id"]))
+            self._problems.append(self.problem(f"duplicate case id (sources: {where}); all copies excluded", case_id))
+        table = table.loc[~duplicated].reset_index(drop=True)
+        table.insert(1, "site", self.name)
+        if "split" in table:
+            bad = ~table["split"].isin(SPLITS)
+            for _, row in table[bad].iterrows():
+                self._problems.append(
+                    self.problem(f"split {row['split']!r} is not one of {', '.join(SPLITS)}", row["case_id"])
+                )
+            table = table.loc[~bad].reset_index(drop=True)
+        else:
+            table["split"] = assign_splits(
+                table["case_id"], self.split_config.val, self.split_config.test, self.split_config.seed,
+                strata=self._strata(table),
+            ) if len(table) else pd.Series(dtype=object)
+        if len(table) == 0:
+            self._problems.append(self.problem("site is empty: no usable case was found"))
+        return table
+
+    def _strata(self, table: pd.DataFrame) -> pd.Series | None:
+        column = self.split_config.stratify
+        if column == "auto":
+            column = self.primary_label
+        if column is None:
+            return None
+        if column not in table:
+            raise ConfigError(
+                f"site {self.name}: split.stratify names column {column!r}, which this site does not have "
+                f"(labels: {self.label_columns}, metadata: {self.metadata_columns})"
+            )
+        return table[column]
+
+
+class _LoadCase(Transform):
+    """First transform of every site dataset: private row -> arrays (errors name site and case)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            item = self.site._load_case(pd.Series(row))
+        except MedfedError:
+            raise
+        except Exception as err:
+            raise MedfedError(
+                f"site {self.site.name}, case {row['case_id']}: could not be loaded ({type(err).__name__}: {err}); "
+                f"run `medfed validate` on this site"
+            ) from None
+        item["case_id"] = row["case_id"]
+        return item
+
+
+def raise_if_problems(problems: list[Problem], context: str) -> None:
+    """Raise :class:`DataProblems` listing every problem, if there is any."""
+    if problems:
+        raise DataProblems(problems, context)
+
+
+def finite_problems(site: Site, array: np.ndarray, case: str, file: str) -> list[Problem]:
+    """Shared pixel checks: NaN/inf values and images that hold a single value (blank)."""
+    problems = []
+    finite = np.isfinite(array)
+    if not finite.all():
+        problems.append(site.problem(f"{int((~finite).sum())} NaN/inf value(s)", case, file))
+    values = array[finite]
+    if values.size == 0 or values.min() == values.max():
+        problems.append(site.problem("image is empty (all pixels hold one value)", case, file))
+    return problems

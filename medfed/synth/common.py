@@ -1,0 +1,49 @@
+"""Shared pieces of the synthetic-federation generators: scales, seeded RNG streams, config writing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+Scale = Literal["small", "demo", "full"]
+SCALES: tuple[str, ...] = ("small", "demo", "full")
+
+
+def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
+    """An independent generator for ``(seed, *keys)``, e.g. ``rng_for(0, "site-a", "case-3")``.
+
+    Streams depend only on their keys, so adding a site or a case never changes another one's pixels.
+    """
+    digest = hashlib.sha256("|".join(str(k) for k in (seed, *keys)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    return scale
+
+
+def write_federation_config(out: Path, modality: str, config: dict[str, Any]) -> Path:
+    """Write ``out/sites/<modality>.yaml`` (paths in ``config`` relative to that folder); return its path."""
+    sites_dir = out / "sites"
+    sites_dir.mkdir(parents=True, exist_ok=True)
+    path = sites_dir / f"{modality}.yaml"
+    header = f"# Synthetic {modality} federation written by `medfed synth`; paths are relative to this file.\n"
+    atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
