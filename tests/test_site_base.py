@@ -153,3 +153,15 @@ def test_config_env_expansion_and_errors(tmp_path, monkeypatch):
     assert str(bad) in message and "sources" in message and "split.val" in message and "split.colour" in message
     with pytest.raises(ConfigError, match="not found"):
         load_federation_config(tmp_path / "missing.yaml")
+
+
+class BrokenSite(ToySite):
+    def _load_case(self, case: pd.Series):
+        raise OSError("disk says no")
+
+
+def test_load_errors_name_site_and_case_not_a_monai_wrapper():
+    site = BrokenSite("b", rows(6))
+    dataset = site.dataset("train")
+    with pytest.raises(MedfedError, match=r"site b, case [0-9a-f]{16}: could not be loaded \(OSError: disk says no\)"):
+        dataset[0]

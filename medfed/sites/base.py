@@ -141,7 +141,7 @@ class Site(ABC):
         steps: list[Callable[..., Any]] = [_LoadCase(self)]
         if transform is not None:
             steps.append(transform)
-        return MonaiDataset(data=rows.to_dict("records"), transform=Compose(steps))
+        return SiteDataset(data=rows.to_dict("records"), transform=Compose(steps))
 
     def validate(self, progress: bool = False) -> list[Problem]:
         """Every problem of this site: indexing problems plus a full read of every indexed case."""
@@ -222,6 +222,21 @@ class Site(ABC):
         return table[column]
 
 
+class SiteDataset(MonaiDataset):
+    """MONAI ``Dataset`` that surfaces medfed's own error (MONAI wraps transform errors in ``RuntimeError``)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return super().__getitem__(index)
+        except RuntimeError as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, MedfedError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
+
+
 class _LoadCase(Transform):
     """First transform of every site dataset: private row -> arrays (errors name site and case)."""
 
@@ -231,9 +246,9 @@ class _LoadCase(Transform):
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         try:
             item = self.site._load_case(pd.Series(row))
-        except MedfedError:
-            raise
         except Exception as err:
+            if isinstance(err, MedfedError) and str(err).startswith(f"site {self.site.name}, case {row['case_id']}"):
+                raise  # the adapter already said where
             raise MedfedError(
                 f"site {self.site.name}, case {row['case_id']}: could not be loaded ({type(err).__name__}: {err}); "
                 f"run `medfed validate` on this site"

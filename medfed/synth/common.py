@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,3 +50,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+@contextmanager
+def staged_directory(out: Path, name: str) -> Iterator[Path]:
+    """Yield a fresh folder beside ``out/name``; on success it replaces ``out/name``, on error it is removed.
+
+    A generator killed half-way never leaves a half-written federation where a complete one was.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
+    staging.chmod(0o755)  # mkdtemp makes it private to the user
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
