@@ -1,0 +1,426 @@
+"""Brain-MRI glioma sites in the BraTS / FeTS layout: one folder per subject, one NIfTI per contrast.
+
+Layout below ``root`` (source option ``naming``; ``auto`` detects it per subject folder):
+
+``brats``  (BraTS 2018-2021, FeTS 2021/2022 task 1)
+    ``<ID>/<ID>_t1.nii.gz``, ``<ID>_t1ce.nii.gz``, ``<ID>_t2.nii.gz``, ``<ID>_flair.nii.gz``, ``<ID>_seg.nii.gz``
+``fets2``  (FeTS task-2 naming)
+    ``<ID>/<ID>_brain_t1.nii.gz``, ``<ID>_brain_t1ce.nii.gz``, ``<ID>_brain_t2.nii.gz``,
+    ``<ID>_brain_flair.nii.gz``, ``<ID>_final_seg.nii.gz``
+
+Uncompressed ``.nii`` is accepted where ``.nii.gz`` is absent. Nothing assumes the BraTS grid
+(240x240x155 at 1 mm): every file of a subject must only share one shape and one affine.
+
+Partitions (FeTS): a CSV with columns ``Partition_ID,Subject_ID`` (FeTS ships ``partitioning_1.csv``,
+by institution, and ``partitioning_2.csv``, large institutions split further) maps subjects to
+institutions; each partition becomes one site named ``<name>-<Partition_ID>`` (or ``site_names``).
+Without a partition CSV the whole ``root`` is one site called ``name``.
+
+Labels (BraTS convention; Menze et al., IEEE TMI 2015; Bakas et al., arXiv:1811.02629):
+0 background, 1 necrotic / non-enhancing tumour core (NCR/NET), 2 peritumoural oedema (ED),
+4 GD-enhancing tumour (ET). BraTS 2023 renumbered ET to 3: with ``enhancing_label: 3`` the files
+must use {0, 1, 2, 3} and 3 is remapped to 4 on loading, so **inside medfed ET is always 4**.
+The evaluation regions are TC = 1 + 4 (tumour core), WT = 1 + 2 + 4 (whole tumour), ET = 4.
+
+Case table: ``case_id`` (hash of the subject id), no label columns (``label_kind = "segmentation"``,
+so splits are unstratified), metadata ``institution`` (partition id, or ``name`` without a CSV),
+``shape`` (e.g. ``"48x56x48"``) and ``spacing_mm`` (e.g. ``"4.0x4.0x4.0"``), both from the headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.transforms import (
+    Compose,
+    ConvertToMultiChannelBasedOnBratsClassesd,
+    EnsureTyped,
+    NormalizeIntensityd,
+    ResizeWithPadOrCropd,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medfed.config import FederationConfig, resolve_path, validate_model
+from medfed.errors import ConfigError, MedfedError, Problem, describe_path
+from medfed.sites.base import Site, finite_problems
+from medfed.sites.nifti_io import (
+    NiftiGeometry,
+    UnreadableNifti,
+    geometry_mismatch,
+    read_geometry,
+    read_volume,
+)
+
+#: image channels, in the order of ``image`` returned by :meth:`BratsSite._load_case`
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+#: every file of a subject: the four contrasts, then the segmentation
+FILES: tuple[str, ...] = (*MODALITIES, "seg")
+#: naming -> file key -> file name stem (``{id}`` is the subject folder name)
+NAMINGS: dict[str, dict[str, str]] = {
+    "brats": {**{m: f"{{id}}_{m}" for m in MODALITIES}, "seg": "{id}_seg"},
+    "fets2": {**{m: f"{{id}}_brain_{m}" for m in MODALITIES}, "seg": "{id}_final_seg"},
+}
+SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: the label medfed uses for the enhancing tumour (BraTS 2018-2022)
+ET_LABEL = 4
+PARTITION_COLUMNS: tuple[str, str] = ("Partition_ID", "Subject_ID")
+#: regions of ``default_transform``'s label channels, in MONAI's order
+REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
+
+
+class BratsSource(BaseModel):
+    """One ``sources`` entry of a ``brats`` federation config: one site, or one site per partition."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field(description="folder of subject folders; relative paths are relative to the config file")
+    partition_csv: str | None = Field(
+        None, description="FeTS partition CSV (Partition_ID,Subject_ID), relative to root or to the config folder"
+    )
+    name: str = Field("brats", min_length=1, description="site name without a partition CSV; site prefix with one")
+    naming: Literal["auto", "brats", "fets2"] = "auto"
+    enhancing_label: Literal[4, 3] = Field(4, description="ET label in the files: 4 (BraTS 2018-2022) or 3 (2023)")
+    site_names: dict[str, str] = Field(default_factory=dict, description="Partition_ID -> site name")
+    spatial_size: list[int] | None = Field(
+        None, min_length=3, max_length=3, description="default_transform pads/crops (centred) to this size"
+    )
+
+    @field_validator("site_names", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        """YAML reads ``1: upenn`` with an integer key; partition ids are compared as text."""
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or not value.strip():
+            raise ValueError(f"must be non-empty and contain no path separator, got {value!r}")
+        return value
+
+    @field_validator("spatial_size")
+    @classmethod
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"sizes must be positive, got {value}")
+        return value
+
+    def allowed_labels(self) -> tuple[int, ...]:
+        """Label values the segmentation files may hold."""
+        return (0, 1, 2, self.enhancing_label)
+
+
+class BratsSite(Site):
+    """One institution (partition) of a BraTS/FeTS data set; see the module docstring."""
+
+    modality = "brain_mri"
+    label_kind = "segmentation"
+    label_columns: list[str] = []
+    metadata_columns = ["institution", "shape", "spacing_mm"]
+
+    def __init__(
+        self, name: str, root: Path, subjects: Sequence[str], options: BratsSource, institution: str, **kwargs: Any
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.subjects = list(subjects)
+        self.options = options
+        self.institution = institution
+        super().__init__(name, **kwargs)
+
+    # ------------------------------------------------------------------ indexing
+    def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
+        problems: list[Problem] = []
+        rows = [row for s in self.subjects if (row := self._subject_row(s, problems)) is not None]
+        columns = ["case_id", *self.metadata_columns, "_source_id", "_naming", *(f"_{k}" for k in FILES)]
+        return pd.DataFrame(rows, columns=columns), problems
+
+    def _subject_row(self, subject: str, problems: list[Problem]) -> dict[str, Any] | None:
+        """One case row from a subject folder's headers, or ``None`` (problems appended) when it is unusable."""
+        case_id = self.hash_id(subject)
+        folder = self.root / subject
+        if not folder.is_dir():
+            problems.append(self.problem("subject folder not found; excluded", case_id, subject))
+            return None
+        naming = self.options.naming if self.options.naming != "auto" else detect_naming(folder, subject)
+        paths = subject_files(folder, subject, naming)
+        found = True
+        for key, path in paths.items():
+            if not path.is_file():
+                problems.append(self.problem(
+                    f"missing {key} file (naming {naming!r}); case excluded", case_id, self._rel(path)))
+                found = False
+        if not found:
+            return None
+        geometries: dict[str, NiftiGeometry] = {}
+        for key, path in paths.items():
+            try:
+                geometries[key] = read_geometry(path)
+            except UnreadableNifti as err:
+                problems.append(self.problem(f"unreadable NIfTI header: {err}; case excluded", case_id,
+                                             self._rel(path)))
+        geometry_problems = self._geometry_problems(geometries, paths, case_id)
+        problems.extend(self.problem(f"{p.reason}; case excluded", p.case, p.file) for p in geometry_problems)
+        if len(geometries) < len(paths) or geometry_problems:
+            return None
+        reference = geometries["t1"]
+        return {
+            "case_id": case_id, "institution": self.institution, "shape": reference.shape_text,
+            "spacing_mm": reference.spacing_text, "_source_id": subject, "_naming": naming,
+            **{f"_{k}": str(p) for k, p in paths.items()},
+        }
+
+    def _geometry_problems(
+        self, geometries: dict[str, NiftiGeometry], paths: dict[str, Path], case_id: str
+    ) -> list[Problem]:
+        """3-D check of every file, then shape/affine of every file against the first readable 3-D one."""
+        problems = []
+        three_d = {}
+        for key, geometry in geometries.items():
+            if len(geometry.shape) != 3:
+                problems.append(self.problem(f"expected a 3-D volume, got shape {geometry.shape_text}", case_id,
+                                             self._rel(paths[key])))
+            else:
+                three_d[key] = geometry
+        if three_d:
+            ref_key, reference = next(iter(three_d.items()))
+            for key, geometry in three_d.items():
+                reason = geometry_mismatch(geometry, reference, f"the {ref_key} file")
+                if reason is not None:
+                    problems.append(self.problem(reason, case_id, self._rel(paths[key])))
+        return problems
+
+    # ------------------------------------------------------------------ full check
+    def _check_case(self, case: pd.Series) -> list[Problem]:
+        """Read all five files fully: readable, 3-D, one grid, finite, non-blank images, valid label values."""
+        case_id = case["case_id"]
+        problems: list[Problem] = []
+        geometries: dict[str, NiftiGeometry] = {}
+        paths = {k: Path(case[f"_{k}"]) for k in FILES}
+        for key, path in paths.items():
+            rel = self._rel(path)
+            try:
+                data, geometries[key] = read_volume(path)
+            except UnreadableNifti as err:
+                problems.append(self.problem(f"unreadable NIfTI: {err}", case_id, rel))
+                continue
+            if data.ndim != 3:
+                continue  # reported by _geometry_problems
+            if key == "seg":
+                problems.extend(self._label_problems(data, case_id, rel))
+            else:
+                problems.extend(finite_problems(self, data, case_id, rel))
+        problems.extend(self._geometry_problems(geometries, paths, case_id))
+        return problems
+
+    def _label_problems(self, seg: np.ndarray, case_id: str, rel: str) -> list[Problem]:
+        """NaN/inf, non-integer values and values outside :meth:`BratsSource.allowed_labels`, each listed."""
+        problems = []
+        finite = np.isfinite(seg)
+        if not finite.all():
+            problems.append(self.problem(f"{int((~finite).sum())} NaN/inf label value(s)", case_id, rel))
+        values = np.unique(seg[finite])
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            problems.append(self.problem(f"non-integer label value(s) {_listing(fractional)}", case_id, rel))
+        allowed = self.options.allowed_labels()
+        unexpected = np.setdiff1d(values[values == np.round(values)], allowed)
+        if unexpected.size:
+            problems.append(self.problem(
+                f"unexpected label value(s) {_listing(unexpected)} (allowed {', '.join(map(str, allowed))}: "
+                f"BraTS convention with enhancing_label {self.options.enhancing_label})", case_id, rel))
+        return problems
+
+    # ------------------------------------------------------------------ loading
+    def _load_case(self, case: pd.Series) -> dict[str, Any]:
+        """``image`` float32 ``(4, X, Y, Z)`` (t1, t1ce, t2, flair); ``label`` uint8 ``(1, X, Y, Z)``, ET = 4;
+        ``spacing`` voxel size in mm (three floats)."""
+        try:
+            channels = [read_volume(case[f"_{m}"])[0] for m in MODALITIES]
+            seg, geometry = read_volume(case["_seg"])
+        except UnreadableNifti as err:
+            raise MedfedError(
+                f"site {self.name}, case {case['case_id']}: unreadable NIfTI ({err}); run `medfed validate`"
+            ) from None
+        label = np.rint(np.nan_to_num(seg)).astype(np.uint8)
+        if self.options.enhancing_label != ET_LABEL:
+            label[label == self.options.enhancing_label] = ET_LABEL
+        return {
+            "image": np.stack(channels).astype(np.float32, copy=False),
+            "label": label[None],
+            "spacing": tuple(round(z, 6) for z in geometry.zooms[:3]),  # header zooms are float32
+        }
+
+    def default_transform(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """Same for every split: optional centred pad/crop to ``spatial_size``; the label as BraTS regions
+        ``[TC, WT, ET]`` (MONAI ``ConvertToMultiChannelBasedOnBratsClassesd``: TC = 1|4, WT = 1|2|4,
+        ET = 4, in that channel order); z-score of each channel over its nonzero (brain) voxels; float32
+        tensors."""
+        steps: list[Callable[..., Any]] = []
+        if self.options.spatial_size is not None:
+            steps.append(ResizeWithPadOrCropd(keys=("image", "label"), spatial_size=self.options.spatial_size))
+        steps += [
+            ConvertToMultiChannelBasedOnBratsClassesd(keys="label", et_label=ET_LABEL),
+            NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+            EnsureTyped(keys=("image", "label"), dtype=torch.float32, track_meta=False),
+        ]
+        return Compose(steps)
+
+    def _rel(self, path: Path | str) -> str:
+        return describe_path(path, self.root).replace("\\", "/")
+
+
+# ---------------------------------------------------------------------------- layout helpers
+def detect_naming(folder: Path, subject: str) -> str:
+    """``"fets2"`` when the folder holds any FeTS task-2 file of ``subject``, else ``"brats"``."""
+    for stem in NAMINGS["fets2"].values():
+        if any((folder / (stem.format(id=subject) + s)).is_file() for s in SUFFIXES):
+            return "fets2"
+    return "brats"
+
+
+def subject_files(folder: Path, subject: str, naming: str) -> dict[str, Path]:
+    """File key -> path (``.nii.gz`` unless only ``.nii`` exists; the ``.nii.gz`` path when neither does)."""
+    paths = {}
+    for key, stem in NAMINGS[naming].items():
+        candidates = [folder / (stem.format(id=subject) + s) for s in SUFFIXES]
+        paths[key] = next((p for p in candidates if p.is_file()), candidates[0])
+    return paths
+
+
+def subject_folders(root: Path) -> list[str]:
+    """Names of the sub-folders of ``root`` (one per subject), hidden ones skipped, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _listing(values: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:limit])
+    return shown + (f", ... ({values.size} values)" if values.size > limit else "")
+
+
+def _partition_order(pid: str) -> tuple[int, int | str]:
+    """Numeric partition ids in numeric order, then the others alphabetically."""
+    return (0, int(pid)) if pid.isdigit() else (1, pid)
+
+
+# ---------------------------------------------------------------------------- partitions
+def read_partitions(
+    csv_path: Path, folders: Sequence[str], root: Path, source_name: str, site_of: Callable[[str], str]
+) -> tuple[dict[str, list[str]], list[Problem]]:
+    """Partition id -> subjects (that have a folder), plus every defect of the CSV against the folders.
+
+    Reported: unreadable CSV, missing columns (naming those found), rows with a blank cell,
+    subjects listed more than once, subjects in two partitions (excluded from all), subjects
+    without a folder (excluded) and folders in no partition (excluded). A partition left with no
+    subject still becomes a site, which then reports itself as empty.
+    """
+    shown = describe_path(csv_path, root)
+    problems: list[Problem] = []
+
+    def problem(reason: str, case: str | None = None, site: str = source_name) -> None:
+        problems.append(Problem(site=site, reason=reason, case=case, file=shown))
+
+    if not csv_path.is_file():
+        problem("partition CSV not found; no site can be formed from this source")
+        return {}, problems
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        problem(f"unreadable partition CSV: {type(err).__name__}: {err}")
+        return {}, problems
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in PARTITION_COLUMNS if c not in table.columns]
+    if missing:
+        problem(f"partition CSV lacks column(s) {', '.join(missing)}; columns found: "
+                f"{', '.join(map(str, table.columns)) or '(none)'}")
+        return {}, problems
+    listed: dict[str, list[str]] = {}  # subject -> partitions, one entry per row
+    for line, (pid, subject) in enumerate(zip(table[PARTITION_COLUMNS[0]], table[PARTITION_COLUMNS[1]]), start=2):
+        pid, subject = pid.strip(), subject.strip()
+        if not pid or not subject:
+            problem(f"line {line}: empty Partition_ID or Subject_ID; row ignored", subject or None)
+            continue
+        listed.setdefault(subject, []).append(pid)
+    partitions: dict[str, list[str]] = {pid: [] for pid in sorted({p for ps in listed.values() for p in ps},
+                                                                   key=_partition_order)}
+    present = set(folders)
+    for subject, pids in listed.items():
+        distinct = sorted(set(pids), key=_partition_order)
+        if len(distinct) > 1:
+            problem(f"subject is listed in partitions {', '.join(distinct)}; excluded from all", subject)
+            continue
+        pid = distinct[0]
+        if len(pids) > 1:
+            problem(f"subject is listed {len(pids)} times in partition {pid}; counted once", subject, site_of(pid))
+        if subject not in present:
+            problem("subject is listed in the partition CSV but has no folder under root; excluded", subject,
+                    site_of(pid))
+            continue
+        partitions[pid].append(subject)
+    for folder in folders:
+        if folder not in listed:
+            problems.append(Problem(site=source_name, case=folder, file=folder, reason=(
+                f"subject folder is in no partition of {shown}; excluded")))
+    return {pid: sorted(subjects) for pid, subjects in partitions.items()}, problems
+
+
+def find_partition_csv(value: str, root: Path, config_dir: Path) -> Path:
+    """The partition CSV: an absolute path as is; a relative one below ``root`` if it exists there, else
+    relative to the config folder (the path below ``root`` when neither exists, for the message)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (root, config_dir):
+        if (base / path).is_file():
+            return (base / path).resolve()
+    return (root / path).resolve()
+
+
+# ---------------------------------------------------------------------------- federation
+def source_sites(
+    options: BratsSource, config: FederationConfig, config_dir: Path
+) -> tuple[list[Site], list[Problem]]:
+    """The sites of one source: one per partition, or one for the whole root without a partition CSV."""
+    root = resolve_path(options.root, config_dir)
+    kwargs: dict[str, Any] = dict(federation=config.name, split=config.split, salt=config.id_salt,
+                                  min_count=config.min_count)
+    if not root.is_dir():
+        return [], [Problem(site=options.name, reason="data folder (root) not found; no site formed", file=str(root))]
+    folders = subject_folders(root)
+    if options.partition_csv is None:
+        return [BratsSite(options.name, root, folders, options, institution=options.name, **kwargs)], []
+
+    def site_of(pid: str) -> str:
+        return options.site_names.get(pid, f"{options.name}-{pid}")
+
+    csv_path = find_partition_csv(options.partition_csv, root, config_dir)
+    partitions, problems = read_partitions(csv_path, folders, root, options.name, site_of)
+    unknown = sorted(set(options.site_names) - set(partitions), key=_partition_order)
+    if unknown and partitions:
+        problems.append(Problem(site=options.name, file=describe_path(csv_path, root), reason=(
+            f"site_names names partition(s) {', '.join(unknown)}, which the partition CSV does not list")))
+    sites: list[Site] = [
+        BratsSite(site_of(pid), root, members, options, institution=pid, **kwargs)
+        for pid, members in partitions.items()
+    ]
+    return sites, problems
+
+
+def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:
+    """Every site of every ``sources`` entry (options: :class:`BratsSource`) and the partition problems."""
+    options = [validate_model(BratsSource, raw, source, prefix=f"sources.{i}.") for i, raw in enumerate(config.sources)]
+    sites: list[Site] = []
+    problems: list[Problem] = []
+    for option in options:
+        found, trouble = source_sites(option, config, config_dir)
+        sites += found
+        problems += trouble
+    names = [s.name for s in sites]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{source}: sources.*.name / site_names: site name(s) {', '.join(duplicates)} "
+                          f"used more than once")
+    return sites, problems
