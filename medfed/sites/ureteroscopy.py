@@ -1,0 +1,315 @@
+"""Ureteroscopy kidney-stone sites: RGB images of stones, labelled by morphological type and view.
+
+Background: the public ureteroscopy data sets of El Beze et al. / Lopez et al. ("dataset A": ex-vivo
+stones photographed with a digital camera; "dataset B": endoscopic frames) use six morpho-constitutional
+types of the Daudon classification, each seen as a SUR (surface) and a SEC (section) view. The default
+class names here spell out type and main component:
+
+=================  ===============================================
+``Ia_COM``         Ia, whewellite (calcium oxalate monohydrate)
+``IIa_COD``        IIa, weddellite (calcium oxalate dihydrate)
+``IIIa_UricAcid``  IIIa, anhydrous uric acid
+``IVc_Struvite``   IVc, struvite (magnesium ammonium phosphate)
+``IVd_Brushite``   IVd, brushite (calcium hydrogen phosphate)
+``Va_Cystine``     Va, cystine
+=================  ===============================================
+
+Two layouts (source option ``layout``):
+
+``class_view_folders``
+    ``root/<class>/<view>/<image>`` (images may sit in sub-folders below the view folder).
+``flat_csv``
+    images anywhere below ``root`` plus a CSV (``labels``) with a path column (relative to ``root``),
+    a class column and a view column.
+
+Case table: ``case_id`` (hash of the image path relative to ``root``), ``stone_type`` (class name, the
+label column used for stratified splits and summaries), ``label`` (int: index of ``stone_type`` in
+``classes``, what tasks train on), metadata ``view``, ``source`` (data set / camera, option
+``source_name``) and ``format`` (``png``, ``jpeg``, ``bmp``, ``tiff``). Images carry no patient data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from monai.transforms import Compose, EnsureTyped, Resized
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medfed.config import FederationConfig, resolve_path, validate_model
+from medfed.errors import ConfigError, MedfedError, Problem, describe_path
+from medfed.sites.base import Site, finite_problems
+from medfed.sites.raster_io import RasterReadError, read_raster
+
+#: Daudon morphological types of the El Beze / Lopez data sets (see module docstring)
+DEFAULT_CLASSES: tuple[str, ...] = ("Ia_COM", "IIa_COD", "IIIa_UricAcid", "IVc_Struvite", "IVd_Brushite", "Va_Cystine")
+DEFAULT_VIEWS: tuple[str, ...] = ("surface", "section")
+#: file suffix (lower case) -> ``format`` value
+IMAGE_FORMATS: dict[str, str] = {
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff",
+}
+_CSV_ONLY = frozenset({"labels", "path_column", "class_column", "view_column"})
+
+
+class UreteroscopySource(BaseModel):
+    """One ``sources`` entry of an ``ureteroscopy`` federation config: one site."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, description="site name")
+    root: str = Field(description="data folder; relative paths are relative to the config file")
+    layout: Literal["class_view_folders", "flat_csv"] = "class_view_folders"
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES), min_length=1,
+                               description="allowed class names; ``label`` is the index into this list")
+    views: list[str] = Field(default_factory=lambda: list(DEFAULT_VIEWS), min_length=1)
+    source_name: str | None = Field(None, description="value of the ``source`` column (default: the site name)")
+    # --- flat_csv layout
+    labels: str = Field("labels.csv", description="label CSV, relative to root")
+    path_column: str = "file"
+    class_column: str = "stone_type"
+    view_column: str = "view"
+    # --- both
+    image_size: int = Field(64, ge=8, description="default_transform resizes images to image_size x image_size")
+    min_side: int = Field(16, ge=1, description="images with a side shorter than this (pixels) are a problem")
+
+    @model_validator(mode="after")
+    def _check(self) -> UreteroscopySource:
+        if self.layout == "class_view_folders":
+            wrong = sorted(self.model_fields_set & _CSV_ONLY)
+            if wrong:
+                raise ValueError(f"option(s) {', '.join(wrong)} do not apply to layout 'class_view_folders'")
+        for field in ("classes", "views"):
+            values: list[str] = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field}: duplicate names in {values}")
+            if any(not v.strip() or "/" in v or "\\" in v for v in values):
+                raise ValueError(f"{field}: names must be non-empty and contain no path separator, got {values}")
+        return self
+
+
+def image_format(path: Path | str) -> str | None:
+    """``format`` value from the file suffix; ``None`` when it is not an image suffix."""
+    return IMAGE_FORMATS.get(Path(path).suffix.lower())
+
+
+class UreteroscopySite(Site):
+    """One ureteroscopy site; see the module docstring for layouts and columns."""
+
+    modality = "ureteroscopy"
+    label_kind = "classification"
+    label_columns = ["stone_type"]
+    metadata_columns = ["view", "source", "format"]
+
+    def __init__(self, source: UreteroscopySource, root: Path, **kwargs: Any) -> None:
+        self.source = source
+        self.root = root.resolve()
+        self.classes: list[str] = list(source.classes)
+        self.views: list[str] = list(source.views)
+        super().__init__(source.name, **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # ------------------------------------------------------------------ indexing
+    def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
+        problems: list[Problem] = []
+        records: list[tuple[str, str, str]] = []  # (relative path, class, view)
+        if not self.root.is_dir():
+            problems.append(self.problem("data folder (root) not found", file=str(self.root)))
+        elif self.source.layout == "class_view_folders":
+            records = self._folder_records(problems)
+        else:
+            records = self._csv_records(problems)
+        rows = [row for rel, cls, view in records if (row := self._case_row(rel, cls, view, problems)) is not None]
+        columns = ["case_id", "stone_type", "label", *self.metadata_columns, "_path", "_source_id"]
+        table = pd.DataFrame(rows, columns=columns)
+        table["label"] = table["label"].astype("int64")
+        return table, problems
+
+    def _folder_records(self, problems: list[Problem]) -> list[tuple[str, str, str]]:
+        """``root/<class>/<view>/...`` -> records; unknown folders and stray files become problems."""
+        records = []
+        for class_dir in _visible(self.root):
+            rel_class = _rel(class_dir, self.root)
+            if class_dir.is_file():
+                if image_format(class_dir):
+                    problems.append(self.problem("image outside any class folder; excluded", file=rel_class))
+                continue  # other files at the top (README, licence) are not data
+            if class_dir.name not in self.classes:
+                n = len(_files(class_dir))
+                problems.append(self.problem(
+                    f"unknown class folder {class_dir.name!r} (classes: {', '.join(self.classes)}); "
+                    f"its {n} file(s) are excluded", file=rel_class))
+                continue
+            for view_dir in _visible(class_dir):
+                rel_view = _rel(view_dir, self.root)
+                if view_dir.is_file():
+                    reason = "outside any view folder" if image_format(view_dir) else "not an image file"
+                    problems.append(self.problem(
+                        f"{reason} (expected {rel_class}/<view>/<image>, views: {', '.join(self.views)}); excluded",
+                        file=rel_view))
+                    continue
+                files = _files(view_dir)
+                if view_dir.name not in self.views:
+                    problems.append(self.problem(
+                        f"unknown view folder {view_dir.name!r} (views: {', '.join(self.views)}); "
+                        f"its {len(files)} file(s) are excluded", file=rel_view))
+                    continue
+                for path in files:
+                    rel = _rel(path, self.root)
+                    if image_format(path) is None:
+                        problems.append(self.problem(
+                            f"not an image file (expected {', '.join(IMAGE_FORMATS)}); excluded", file=rel))
+                        continue
+                    records.append((rel, class_dir.name, view_dir.name))
+        return records
+
+    def _csv_records(self, problems: list[Problem]) -> list[tuple[str, str, str]]:
+        """Rows of the label CSV; defective rows and images the CSV does not list become problems."""
+        src = self.source
+        csv_path = resolve_path(src.labels, self.root)
+        csv_name = describe_path(csv_path, self.root)
+        if not csv_path.is_file():
+            problems.append(self.problem("label table not found", file=csv_name))
+            return []
+        try:
+            frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+            problems.append(self.problem(f"label table cannot be parsed: {type(err).__name__}: {err}", file=csv_name))
+            return []
+        frame.columns = [str(c).strip() for c in frame.columns]
+        required = [src.path_column, src.class_column, src.view_column]
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            problems.append(self.problem(
+                f"label table lacks required column(s) {', '.join(map(repr, missing))} "
+                f"(found: {', '.join(map(repr, frame.columns))})", file=csv_name))
+            return []
+        frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
+        frame["_rel"] = frame[src.path_column].map(_posix)
+        listed = {resolve_path(rel, self.root) for rel in frame["_rel"] if rel}
+        for path in _files(self.root):
+            if image_format(path) and path.resolve() not in listed:
+                problems.append(self.problem(
+                    f"image file is not listed in {csv_name}; add a row or remove it", file=_rel(path, self.root)))
+        counts = frame["_rel"].value_counts()
+        records = []
+        for row in frame.to_dict("records"):
+            where, rel = f"{csv_name} line {row['_line']}", row["_rel"]
+            if not rel:
+                problems.append(self.problem(f"{where}: empty {src.path_column!r}", file=csv_name))
+                continue
+            case = self.hash_id(rel)
+            if counts[rel] > 1:
+                lines = frame.loc[frame["_rel"] == rel, "_line"].tolist()
+                if row["_line"] == lines[0]:  # one problem per duplicated image
+                    problems.append(self.problem(
+                        f"{csv_name}: image listed {counts[rel]} times (lines {', '.join(map(str, lines))}); "
+                        "every row of it is excluded", case, rel))
+                continue
+            cls, view = row[src.class_column].strip(), row[src.view_column].strip()
+            errors = []
+            if cls not in self.classes:
+                errors.append(f"{src.class_column!r} has unknown value {cls!r} (classes: {', '.join(self.classes)})")
+            if view not in self.views:
+                errors.append(f"{src.view_column!r} has unknown value {view!r} (views: {', '.join(self.views)})")
+            if errors:
+                problems.append(self.problem(f"{where}: {'; '.join(errors)}; excluded", case, rel))
+                continue
+            records.append((rel, cls, view))
+        return records
+
+    def _case_row(self, rel: str, cls: str, view: str, problems: list[Problem]) -> dict[str, Any] | None:
+        """The case-table row of one image; the file must exist and have an image suffix."""
+        case = self.hash_id(rel)
+        path = resolve_path(rel, self.root)
+        fmt = image_format(path)
+        if fmt is None:
+            problems.append(self.problem(
+                f"unsupported image type {path.suffix!r} (expected {', '.join(IMAGE_FORMATS)})", case, rel))
+            return None
+        if not path.is_file():
+            problems.append(self.problem("image file does not exist", case, rel))
+            return None
+        return {"case_id": case, "stone_type": cls, "label": self.classes.index(cls), "view": view,
+                "source": self.source.source_name or self.name, "format": fmt, "_path": str(path), "_source_id": rel}
+
+    # ------------------------------------------------------------------ reading
+    def _check_case(self, case: pd.Series) -> list[Problem]:
+        case_id, rel = case["case_id"], case["_source_id"]
+        problems = []
+        if case["stone_type"] not in self.classes or self.classes.index(case["stone_type"]) != case["label"]:
+            problems.append(self.problem(
+                f"class {case['stone_type']!r} / label {case['label']!r} not consistent with classes {self.classes}",
+                case_id, rel))
+        try:
+            pixels = read_raster(case["_path"], "RGB")
+        except RasterReadError as err:
+            return [*problems, self.problem(f"unreadable {str(case['format']).upper()} image: {err}", case_id, rel)]
+        height, width = pixels.shape[:2]
+        if min(height, width) < self.source.min_side:
+            problems.append(self.problem(
+                f"image is {height}x{width} pixels, smaller than min_side {self.source.min_side}", case_id, rel))
+        problems.extend(finite_problems(self, pixels, case_id, rel))
+        return problems
+
+    def _load_case(self, case: pd.Series) -> dict[str, Any]:
+        """``image``: float32 ``(3, H, W)`` RGB in ``[0, 1]``; ``label``: int64 class index (0-d)."""
+        try:
+            pixels = read_raster(case["_path"], "RGB")
+        except RasterReadError as err:
+            raise MedfedError(
+                f"site {self.name}, case {case['case_id']}: unreadable image ({err}); run `medfed validate`"
+            ) from None
+        image = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
+        return {"image": image, "label": np.array(case["label"], dtype=np.int64)}
+
+    def default_transform(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """Resize to ``image_size`` squared (area interpolation), then plain tensors (same for every split)."""
+        size = self.source.image_size
+        return Compose([
+            Resized(keys="image", spatial_size=(size, size), mode="area"),
+            EnsureTyped(keys=("image", "label"), track_meta=False),
+        ])
+
+
+# ---------------------------------------------------------------------------- helpers
+def _posix(raw: str) -> str:
+    """A CSV path cell as a normalised POSIX path (``""`` when blank)."""
+    text = raw.strip().replace("\\", "/")
+    return str(PurePosixPath(text)) if text else ""
+
+
+def _rel(path: Path, root: Path) -> str:
+    return describe_path(path, root).replace("\\", "/")
+
+
+def _visible(folder: Path) -> list[Path]:
+    """Entries of ``folder`` whose names do not start with a dot, sorted."""
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+
+
+def _files(folder: Path) -> list[Path]:
+    """Files below ``folder`` (any depth), hidden files and folders skipped, sorted."""
+    return [p for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
+
+def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:
+    """One :class:`UreteroscopySite` per ``sources`` entry (options: :class:`UreteroscopySource`)."""
+    options = [
+        validate_model(UreteroscopySource, raw, source, prefix=f"sources.{i}.") for i, raw in enumerate(config.sources)
+    ]
+    names = [o.name for o in options]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{source}: sources.*.name: site name(s) {', '.join(duplicates)} used more than once")
+    sites: list[Site] = [
+        UreteroscopySite(o, resolve_path(o.root, config_dir), federation=config.name, split=config.split,
+                         salt=config.id_salt, min_count=config.min_count)
+        for o in options
+    ]
+    return sites, []
