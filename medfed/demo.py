@@ -1,0 +1,34 @@
+"""The embedded demo federations: where they live and how they are made when missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medfed.synth import MODALITIES, write_federation
+
+DATA_ENV = "MEDFED_DATA"
+
+
+def default_data_dir() -> Path:
+    """``$MEDFED_DATA`` if set, else ``./data`` (relative to the working directory)."""
+    return Path(os.environ.get(DATA_ENV) or "data")
+
+
+def demo_config_path(data_dir: Path, modality: str, scale: str = "demo") -> Path:
+    """Where the demo federation of ``modality`` at ``scale`` keeps its config."""
+    return data_dir / scale / "sites" / f"{modality}.yaml"
+
+
+def ensure_demo(
+    data_dir: Path | None = None, scale: str = "demo", seed: int = 0, modalities: tuple[str, ...] = MODALITIES
+) -> dict[str, Path]:
+    """Config paths of the demo federations, generating any that is missing (deterministic in ``seed``)."""
+    data_dir = data_dir or default_data_dir()
+    configs = {}
+    for modality in modalities:
+        path = demo_config_path(data_dir, modality, scale)
+        if not path.is_file():
+            path = write_federation(modality, data_dir / scale, scale=scale, seed=seed)
+        configs[modality] = path
+    return configs
