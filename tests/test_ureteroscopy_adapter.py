@@ -174,12 +174,9 @@ def test_load_of_unreadable_case_is_a_clear_error(broken):
     path.write_bytes(path.read_bytes()[:150])
     site = load_federation(config_of(broken))["dataset-a"]
     case_id = hash_case_id("Ia_COM/surface/img_000.png", "dataset-a")
-    row = site._table[site._table["case_id"] == case_id].iloc[0]
-    with pytest.raises(MedfedError, match=f"site dataset-a, case {case_id}: unreadable image"):
-        site._load_case(row)
     dataset = site.dataset(["train", "val", "test"])
     position = next(i for i, row in enumerate(dataset.data) if row["case_id"] == case_id)
-    with pytest.raises(MedfedError, match=f"site dataset-a, case {case_id}: unreadable image"):
+    with pytest.raises(MedfedError, match=f"site dataset-a, case {case_id}: could not be loaded .*Truncated"):
         dataset[position]
 
 

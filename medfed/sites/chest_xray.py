@@ -25,17 +25,23 @@ are binned with :func:`~medfed.sites.identity.age_group`; case ids hash the imag
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from monai.transforms import Compose, EnsureTyped, Resized
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medfed.config import FederationConfig, resolve_path, validate_model
-from medfed.errors import ConfigError, Problem, describe_path
+from medfed.config import FederationConfig, resolve_path
+from medfed.errors import Problem, describe_path
 from medfed.sites.base import Site, finite_problems
+from medfed.sites.common import (
+    is_hidden,
+    one_site_per_source,
+    posix_path,
+    resize_2d_transform,
+    visible_entries,
+)
 from medfed.sites.dicom_io import DicomReadError, read_dicom_image, read_dicom_metadata
 from medfed.sites.identity import age_group, parse_dicom_age, population
 from medfed.sites.raster_io import RasterReadError, raster_format, read_raster, to_unit
@@ -228,7 +234,7 @@ class ChestXraySite(Site):
                 f"(found: {', '.join(map(repr, frame.columns))})", file=csv_name))
             return []
         frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
-        frame["_rel"] = frame[src.path_column].map(_relative)
+        frame["_rel"] = frame[src.path_column].map(posix_path)
         listed = {resolve_path(rel, self.root) for rel in frame["_rel"] if rel}
         self._report_unlisted(listed, csv_name, problems)
         if src.site_column:
@@ -296,21 +302,21 @@ class ChestXraySite(Site):
         src = self.source
         bases: list[tuple[Path, str | None]] = [(self.root, None)]
         if src.split_folders:
-            bases = [(entry, entry.name) for entry in _visible(self.root) if entry.is_dir() and entry.name in SPLITS]
-            for entry in _visible(self.root):
+            bases = [(entry, entry.name) for entry in visible_entries(self.root) if entry.is_dir() and entry.name in SPLITS]
+            for entry in visible_entries(self.root):
                 if (entry, entry.name) not in bases and (entry.is_dir() or entry.suffix.lower() in IMAGE_SUFFIXES):
                     problems.append(self.problem(
                         f"unknown split folder or stray file (expected folders {', '.join(SPLITS)}); excluded",
                         file=entry.name))
         records = []
         for base, split in bases:
-            for entry in _visible(base):
+            for entry in visible_entries(base):
                 rel_dir = describe_path(entry, self.root)
                 if entry.is_file():
                     if entry.suffix.lower() in IMAGE_SUFFIXES:
                         problems.append(self.problem("image outside any class folder; excluded", file=rel_dir))
                     continue
-                files = [p for p in sorted(entry.rglob("*")) if p.is_file() and not _hidden(p, entry)]
+                files = [p for p in sorted(entry.rglob("*")) if p.is_file() and not is_hidden(p, entry)]
                 if entry.name not in src.classes:
                     problems.append(self.problem(
                         f"unknown class folder {entry.name!r} (classes: {', '.join(src.classes)}); "
@@ -400,32 +406,14 @@ class ChestXraySite(Site):
 
     def default_transform(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """Resize to ``image_size`` squared (area interpolation), then plain float tensors."""
-        size = self.source.image_size
-        return Compose([
-            Resized(keys="image", spatial_size=(size, size), mode="area"),
-            EnsureTyped(keys=("image", "label"), track_meta=False),
-        ])
+        return resize_2d_transform(self.source.image_size)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _relative(raw: str) -> str:
-    """A CSV path cell as a normalised POSIX path ("" when blank)."""
-    text = raw.strip().replace("\\", "/")
-    return str(PurePosixPath(text)) if text else ""
-
-
-def _hidden(path: Path, base: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(base).parts)
-
-
-def _visible(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
-
-
 def _image_files(root: Path) -> list[Path]:
     """Files below ``root`` with an image suffix (hidden files and folders skipped)."""
     return [p.resolve() for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _hidden(p, root)]
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not is_hidden(p, root)]
 
 
 def _minmax(pixels: np.ndarray) -> np.ndarray:
@@ -436,16 +424,4 @@ def _minmax(pixels: np.ndarray) -> np.ndarray:
 
 def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:
     """One :class:`ChestXraySite` per ``sources`` entry (options: :class:`ChestXraySource`)."""
-    options = [
-        validate_model(ChestXraySource, raw, source, prefix=f"sources.{i}.") for i, raw in enumerate(config.sources)
-    ]
-    names = [o.name for o in options]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{source}: sources.*.name: site name(s) {', '.join(duplicates)} used more than once")
-    sites: list[Site] = [
-        ChestXraySite(o, resolve_path(o.root, config_dir), federation=config.name, split=config.split,
-                      salt=config.id_salt, min_count=config.min_count)
-        for o in options
-    ]
-    return sites, []
+    return one_site_per_source(config, config_dir, source, ChestXraySource, ChestXraySite)

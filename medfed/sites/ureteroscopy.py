@@ -31,17 +31,23 @@ label column used for stratified splits and summaries), ``label`` (int: index of
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from monai.transforms import Compose, EnsureTyped, Resized
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medfed.config import FederationConfig, resolve_path, validate_model
-from medfed.errors import ConfigError, MedfedError, Problem, describe_path
+from medfed.config import FederationConfig, resolve_path
+from medfed.errors import Problem, describe_path
 from medfed.sites.base import Site, finite_problems
+from medfed.sites.common import (
+    is_hidden,
+    one_site_per_source,
+    posix_path,
+    resize_2d_transform,
+    visible_entries,
+)
 from medfed.sites.raster_io import RasterReadError, read_raster
 
 #: Daudon morphological types of the El Beze / Lopez data sets (see module docstring)
@@ -132,7 +138,7 @@ class UreteroscopySite(Site):
     def _folder_records(self, problems: list[Problem]) -> list[tuple[str, str, str]]:
         """``root/<class>/<view>/...`` -> records; unknown folders and stray files become problems."""
         records = []
-        for class_dir in _visible(self.root):
+        for class_dir in visible_entries(self.root):
             rel_class = _rel(class_dir, self.root)
             if class_dir.is_file():
                 if image_format(class_dir):
@@ -144,7 +150,7 @@ class UreteroscopySite(Site):
                     f"unknown class folder {class_dir.name!r} (classes: {', '.join(self.classes)}); "
                     f"its {n} file(s) are excluded", file=rel_class))
                 continue
-            for view_dir in _visible(class_dir):
+            for view_dir in visible_entries(class_dir):
                 rel_view = _rel(view_dir, self.root)
                 if view_dir.is_file():
                     reason = "outside any view folder" if image_format(view_dir) else "not an image file"
@@ -189,7 +195,7 @@ class UreteroscopySite(Site):
                 f"(found: {', '.join(map(repr, frame.columns))})", file=csv_name))
             return []
         frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
-        frame["_rel"] = frame[src.path_column].map(_posix)
+        frame["_rel"] = frame[src.path_column].map(posix_path)
         listed = {resolve_path(rel, self.root) for rel in frame["_rel"] if rel}
         for path in _files(self.root):
             if image_format(path) and path.resolve() not in listed:
@@ -258,58 +264,25 @@ class UreteroscopySite(Site):
 
     def _load_case(self, case: pd.Series) -> dict[str, Any]:
         """``image``: float32 ``(3, H, W)`` RGB in ``[0, 1]``; ``label``: int64 class index (0-d)."""
-        try:
-            pixels = read_raster(case["_path"], "RGB")
-        except RasterReadError as err:
-            raise MedfedError(
-                f"site {self.name}, case {case['case_id']}: unreadable image ({err}); run `medfed validate`"
-            ) from None
+        pixels = read_raster(case["_path"], "RGB")  # reader errors get site and case from the base loader
         image = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
         return {"image": image, "label": np.array(case["label"], dtype=np.int64)}
 
     def default_transform(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """Resize to ``image_size`` squared (area interpolation), then plain tensors (same for every split)."""
-        size = self.source.image_size
-        return Compose([
-            Resized(keys="image", spatial_size=(size, size), mode="area"),
-            EnsureTyped(keys=("image", "label"), track_meta=False),
-        ])
+        return resize_2d_transform(self.source.image_size)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _posix(raw: str) -> str:
-    """A CSV path cell as a normalised POSIX path (``""`` when blank)."""
-    text = raw.strip().replace("\\", "/")
-    return str(PurePosixPath(text)) if text else ""
-
-
 def _rel(path: Path, root: Path) -> str:
     return describe_path(path, root).replace("\\", "/")
 
 
-def _visible(folder: Path) -> list[Path]:
-    """Entries of ``folder`` whose names do not start with a dot, sorted."""
-    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
-
-
 def _files(folder: Path) -> list[Path]:
     """Files below ``folder`` (any depth), hidden files and folders skipped, sorted."""
-    return [p for p in sorted(folder.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not is_hidden(p, folder)]
 
 
 def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:
     """One :class:`UreteroscopySite` per ``sources`` entry (options: :class:`UreteroscopySource`)."""
-    options = [
-        validate_model(UreteroscopySource, raw, source, prefix=f"sources.{i}.") for i, raw in enumerate(config.sources)
-    ]
-    names = [o.name for o in options]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{source}: sources.*.name: site name(s) {', '.join(duplicates)} used more than once")
-    sites: list[Site] = [
-        UreteroscopySite(o, resolve_path(o.root, config_dir), federation=config.name, split=config.split,
-                         salt=config.id_salt, min_count=config.min_count)
-        for o in options
-    ]
-    return sites, []
+    return one_site_per_source(config, config_dir, source, UreteroscopySource, UreteroscopySite)
