@@ -30,7 +30,7 @@ from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose, Transform
 
 from medfed.config import SplitConfig
-from medfed.errors import ConfigError, DataProblems, MedfedError, Problem
+from medfed.errors import ConfigError, MedfedError, Problem
 from medfed.sites.identity import hash_case_id
 from medfed.sites.splits import SPLITS, assign_splits
 from medfed.stats import suppress_count
@@ -255,12 +255,6 @@ class _LoadCase(Transform):
             ) from None
         item["case_id"] = row["case_id"]
         return item
-
-
-def raise_if_problems(problems: list[Problem], context: str) -> None:
-    """Raise :class:`DataProblems` listing every problem, if there is any."""
-    if problems:
-        raise DataProblems(problems, context)
 
 
 def finite_problems(site: Site, array: np.ndarray, case: str, file: str) -> list[Problem]:

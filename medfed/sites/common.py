@@ -6,11 +6,13 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+import numpy as np
+import pandas as pd
 from monai.transforms import Compose, EnsureTyped, Resized
 from pydantic import BaseModel
 
 from medfed.config import FederationConfig, resolve_path, validate_model
-from medfed.errors import ConfigError, Problem
+from medfed.errors import ConfigError, Problem, describe_path
 from medfed.sites.base import Site
 
 S = TypeVar("S", bound=BaseModel)
@@ -64,3 +66,32 @@ def visible_entries(folder: Path) -> list[Path]:
 def is_hidden(path: Path, base: Path) -> bool:
     """Whether any part of ``path`` below ``base`` starts with a dot."""
     return any(part.startswith(".") for part in path.relative_to(base).parts)
+
+
+def read_label_table(
+    site: Site, root: Path, csv_path: Path, path_column: str, required: list[str], problems: list[Problem]
+) -> pd.DataFrame | None:
+    """A site's label CSV (``csv_path``, named relative to ``root`` in messages) as strings, with ``_line`` (1-based file line) and ``_rel`` (POSIX path) columns.
+
+    A missing or unparsable file, or missing ``required`` columns (named beside the columns found), is
+    appended to ``problems`` and gives ``None``. Column names are stripped of surrounding blanks.
+    """
+    csv_name = describe_path(csv_path, root)
+    if not csv_path.is_file():
+        problems.append(site.problem("label table not found", file=csv_name))
+        return None
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        problems.append(site.problem(f"label table cannot be parsed: {type(err).__name__}: {err}", file=csv_name))
+        return None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        problems.append(site.problem(
+            f"label table lacks required column(s) {', '.join(map(repr, missing))} "
+            f"(found: {', '.join(map(repr, frame.columns))})", file=csv_name))
+        return None
+    frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
+    frame["_rel"] = frame[path_column].map(posix_path)
+    return frame

@@ -44,7 +44,7 @@ from medfed.sites.base import Site, finite_problems
 from medfed.sites.common import (
     is_hidden,
     one_site_per_source,
-    posix_path,
+    read_label_table,
     resize_2d_transform,
     visible_entries,
 )
@@ -178,24 +178,10 @@ class UreteroscopySite(Site):
         src = self.source
         csv_path = resolve_path(src.labels, self.root)
         csv_name = describe_path(csv_path, self.root)
-        if not csv_path.is_file():
-            problems.append(self.problem("label table not found", file=csv_name))
-            return []
-        try:
-            frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-            problems.append(self.problem(f"label table cannot be parsed: {type(err).__name__}: {err}", file=csv_name))
-            return []
-        frame.columns = [str(c).strip() for c in frame.columns]
         required = [src.path_column, src.class_column, src.view_column]
-        missing = [c for c in required if c not in frame.columns]
-        if missing:
-            problems.append(self.problem(
-                f"label table lacks required column(s) {', '.join(map(repr, missing))} "
-                f"(found: {', '.join(map(repr, frame.columns))})", file=csv_name))
+        frame = read_label_table(self, self.root, csv_path, src.path_column, required, problems)
+        if frame is None:
             return []
-        frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
-        frame["_rel"] = frame[src.path_column].map(posix_path)
         listed = {resolve_path(rel, self.root) for rel in frame["_rel"] if rel}
         for path in _files(self.root):
             if image_format(path) and path.resolve() not in listed:
