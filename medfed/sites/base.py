@@ -128,14 +128,18 @@ class Site(ABC):
         self,
         split: str | Sequence[str] = "train",
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        case_ids: Sequence[str] | None = None,
     ) -> MonaiDataset:
         """A MONAI ``Dataset`` of the split's cases: dicts with ``image``, ``label``, ``case_id``.
 
-        ``transform`` (default :meth:`default_transform`) runs after the case is loaded. The data
-        list behind the dataset holds file paths; it lives in this process, inside the site.
+        ``transform`` (default :meth:`default_transform`) runs after the case is loaded; ``case_ids``
+        keeps only those cases of the split (e.g. the normal cases an anomaly detector trains on). The
+        data list behind the dataset holds file paths; it lives in this process, inside the site.
         """
         names = [split] if isinstance(split, str) else list(split)
         rows = self._table[self._table["split"].isin(names)]
+        if case_ids is not None:
+            rows = rows[rows["case_id"].isin(list(case_ids))]
         if transform is None:
             transform = self.default_transform(names[0])
         steps: list[Callable[..., Any]] = [_LoadCase(self)]
