@@ -1,0 +1,25 @@
+"""Client-side algorithm hooks, run inside a task's local training (see :class:`medfed.tasks.base.LocalHook`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medfed.tasks.base import LocalHook
+
+
+class ProximalTerm(LocalHook):
+    """FedProx's ``(mu / 2) * ||w - w_start||^2`` over the trainable parameters (Li et al., MLSys 2020).
+
+    ``w_start`` is a snapshot of the model's parameters when the hook is built (the global model the
+    client received).
+    """
+
+    def __init__(self, model: nn.Module, mu: float) -> None:
+        self.mu = float(mu)
+        self.reference = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        params = [p for p in model.parameters() if p.requires_grad]
+        squared = sum(((p - r) ** 2).sum() for p, r in zip(params, self.reference))
+        return 0.5 * self.mu * squared  # type: ignore[return-value]

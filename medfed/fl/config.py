@@ -1,0 +1,106 @@
+"""Experiment configs (``tasks/*.yaml``): a federation, a task, a training budget and the methods to compare.
+
+.. code-block:: yaml
+
+    name: chest_xray_pneumonia
+    federation: demo:chest_xray         # the embedded demo federation, or a path to a sites/*.yaml file
+    seed: 0
+    task: {kind: classification, labels: [Pneumonia], model: {name: resnet}}
+    training: {rounds: 5, local_epochs: 1, eval_every: 1, fraction_fit: 1.0, min_fit_clients: 1}
+    methods: [local_only, fedavg, {strategy: fedprox, proximal_mu: 0.01}, centralised]
+
+Budgets are matched as FLamby does: every method sees each training case ``rounds * local_epochs`` times
+(centralised: ``rounds * local_epochs`` epochs over the pooled data), when ``fraction_fit`` is 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medfed.config import read_yaml, validate_model
+from medfed.errors import ConfigError
+from medfed.fl.strategies import STRATEGIES, Strategy, build_strategy
+from medfed.tasks import TaskConfig
+
+DEMO_PREFIX = "demo:"
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    eval_every: int = Field(0, ge=0, description="evaluate on val and test every N rounds; 0 = only at the end")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="share of sites sampled each round (Flower's name)")
+    min_fit_clients: int = Field(1, ge=1, description="sites sampled at least, and needed for a round to count")
+
+
+class MethodConfig(BaseModel):
+    """``strategy`` plus its hyper-parameters (Flower's names, e.g. ``proximal_mu``); ``name`` labels results."""
+
+    model_config = ConfigDict(extra="allow")
+    strategy: str
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.strategy
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    federation: str
+    seed: int = 0
+    task: TaskConfig
+    training: TrainingConfig = TrainingConfig()
+    methods: list[MethodConfig] = Field(min_length=1)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"strategy": m} if isinstance(m, str) else m for m in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> ExperimentConfig:
+        labels = [m.label for m in self.methods]
+        duplicated = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicated:
+            raise ValueError(f"method names must be unique; repeated: {duplicated} (give each a `name`)")
+        return self
+
+
+def load_experiment(path: Path | str) -> ExperimentConfig:
+    """Parse and validate an experiment config, including every method's strategy and parameters."""
+    config = validate_model(ExperimentConfig, read_yaml(path), str(path))
+    for i, method in enumerate(config.methods):
+        build_strategy(method.strategy, method.params, source=f"{path}: methods.{i}")
+    return config
+
+
+def build_strategies(config: ExperimentConfig, source: str = "<config>") -> dict[str, Strategy]:
+    return {m.label: build_strategy(m.strategy, m.params, source) for m in config.methods}
+
+
+def federation_path(config: ExperimentConfig, config_dir: Path, demo_configs: dict[str, Path] | None) -> Path:
+    """Where the experiment's federation config is: a demo modality or a path relative to the experiment file."""
+    from medfed.config import resolve_path
+
+    if config.federation.startswith(DEMO_PREFIX):
+        modality = config.federation[len(DEMO_PREFIX):]
+        if demo_configs is None or modality not in demo_configs:
+            known = ", ".join(sorted(demo_configs or {}))
+            raise ConfigError(f"federation {config.federation!r}: no demo federation {modality!r} (have: {known})")
+        return demo_configs[modality]
+    return resolve_path(config.federation, config_dir)
+
+
+__all__ = ["STRATEGIES", "ExperimentConfig", "MethodConfig", "TrainingConfig", "load_experiment"]

@@ -1,0 +1,176 @@
+"""Run one experiment config: every method on one federation, then the cross-site evaluation.
+
+Run directory ``<out>/<experiment name>/``::
+
+    config.yaml            resolved experiment config (what ran; a resume must match it)
+    sites.csv              per-site case counts (suppressed below min_count)
+    runs/<method>/         checkpoints/last.pt and rounds.jsonl of each method
+    predictions/<method>.csv   per-case records of every final model on every site's val and test split
+    metrics.csv            method, model, site (or pooled), split, metric, value, n_cases, suppressed
+    summary.csv            the printed summary: primary metric on test, sites x methods
+
+Every final model is evaluated on every site (the cross-site matrix) and on the pooled test set. For
+local-only, the model ``own`` stands for "each site's own local model on its own cases".
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from medfed.errors import DataProblems, MedfedError
+from medfed.fl.config import (
+    DEMO_PREFIX,
+    ExperimentConfig,
+    build_strategies,
+    federation_path,
+    load_experiment,
+)
+from medfed.fl.evaluation import EvalDatasets, evaluate_models, metric_table
+from medfed.fl.runner import MethodRunner, RunStopped
+from medfed.fl.strategies.local_only import local_key
+from medfed.fl.summary import OWN_MODEL, summary_table
+from medfed.sites.federation import Federation, load_federation
+from medfed.synth.common import atomic_write_text
+from medfed.tasks import build_task
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    out: Path
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    primary_metric: str
+    stopped: dict[str, str] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolved_config(config: ExperimentConfig, federation_file: Path) -> dict[str, Any]:
+    data = config.model_dump(mode="json")
+    data["federation_file"] = str(federation_file)
+    return data
+
+
+def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
+    """Create or reuse the run directory; returns whether a previous run is being resumed."""
+    config_file = out / "config.yaml"
+    if resume and config_file.is_file():
+        previous = yaml.safe_load(config_file.read_text())
+        if previous != resolved:
+            raise MedfedError(
+                f"{config_file}: the experiment config changed since this run started; resume needs the same "
+                "config (run without --resume to start again, or use another --out)"
+            )
+        return True
+    for stale in ("runs", "predictions"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    for stale in ("metrics.csv", "summary.csv", "sites.csv"):
+        (out / stale).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
+    return False
+
+
+def check_federation(task: Any, federation: Federation) -> None:
+    """Every site must suit the task; all problems are reported at once."""
+    problems = [p for site in federation for p in task.check_site(site)]
+    if problems:
+        raise DataProblems(problems)
+
+
+def run_experiment(
+    config_path: Path | str,
+    out_root: Path | str = "reports",
+    *,
+    demo_configs: dict[str, Path] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    validate: bool = False,
+) -> ExperimentResult:
+    """Train every method of the experiment at ``config_path`` and write its run directory under ``out_root``.
+
+    ``overrides`` replaces ``training`` fields (e.g. ``{"rounds": 1}``); ``validate`` reads every case of
+    every site first and reports all problems at once (:class:`DataProblems`) before any training.
+    """
+    config_path = Path(config_path)
+    config = load_experiment(config_path)
+    if overrides:
+        config = config.model_copy(update={"training": config.training.model_copy(update=overrides)})
+    fed_file = federation_path(config, config_path.parent, demo_configs)
+    federation = load_federation(fed_file, strict=not validate)
+    if validate:
+        problems = federation.validate(progress=progress)
+        if problems:
+            raise DataProblems(problems)
+    task = build_task(config.task)
+    check_federation(task, federation)
+    out = Path(out_root) / config.name
+    resuming = _prepare_out(out, resolved_config(config, fed_file), resume)
+    _write_sites(out / "sites.csv", federation)
+
+    sites = list(federation)
+    names = [s.name for s in sites]
+    min_counts = {s.name: s.min_count for s in sites}
+    pooled_min = max(min_counts.values())
+    eval_data = EvalDatasets(task, sites)
+    strategies = build_strategies(config, str(config_path))
+    frames, stopped, failures = [], {}, []
+    for label, strategy in strategies.items():
+        runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, out / "runs" / label,
+                              eval_datasets=eval_data, progress=progress)
+        try:
+            result = runner.run(resume=resuming)
+        except RunStopped as err:
+            stopped[label] = str(err)
+            tqdm.write(f"[{config.name}] {err}")
+            continue
+        failures += [dict(f, method=label) for f in result.failures]
+        bar = tqdm(total=len(result.models) * len(names), desc=f"{label}: evaluate", unit="site", leave=False,
+                   disable=not progress)
+        records = evaluate_models(task, runner_model(task, config), result.models, names, eval_data, bar)
+        bar.close()
+        if any(m == local_key(n) for m in result.models for n in names):
+            own = pd.concat([records[(records["model"] == local_key(n)) & (records["site"] == n)] for n in names])
+            records = pd.concat([records, own.assign(model=OWN_MODEL)], ignore_index=True)
+        _write_csv(out / "predictions" / f"{label}.csv", records)
+        frames.append(metric_table(task, records, label, min_counts, pooled_min))
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    _write_csv(out / "metrics.csv", metrics)
+    summary = summary_table(metrics, task.primary_metric) if len(metrics) else pd.DataFrame()
+    _write_csv(out / "summary.csv", summary.rename_axis("site").reset_index())
+    return ExperimentResult(config.name, out, metrics, summary, task.primary_metric, stopped, failures)
+
+
+def runner_model(task: Any, config: ExperimentConfig) -> Any:
+    """A model object to load evaluated weights into."""
+    from medfed.seeding import derive_seed
+
+    return task.build_model(derive_seed(config.seed, "init"))
+
+
+def uses_demo(config_path: Path | str) -> str | None:
+    """The demo modality an experiment config asks for, if any (without validating the rest)."""
+    from medfed.config import read_yaml
+
+    federation = str(read_yaml(config_path).get("federation", ""))
+    return federation[len(DEMO_PREFIX):] if federation.startswith(DEMO_PREFIX) else None
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _write_sites(path: Path, federation: Federation) -> None:
+    rows = []
+    for site in federation:
+        summary = site.summary()
+        rows.append({"site": site.name, "cases": summary["cases"], **summary["splits"]})
+    _write_csv(path, pd.DataFrame(rows))

@@ -1,0 +1,222 @@
+"""The in-process round loop: sample sites, train locally, aggregate, log, checkpoint; resume exactly.
+
+Round ``r`` of a method:
+
+1. sample sites with a generator from ``(seed, "sample", r)`` (:func:`medfed.fl.sampling.sample_sites`);
+2. for each sampled site, in federation order, load the strategy's start weights, train ``local_epochs``
+   with randomness from ``(seed, "train", r, site)``, and hand the update to the strategy's ``aggregate``
+   as soon as it exists (one client model in memory at a time);
+3. a site whose local training raises is dropped from the round and recorded; the round counts if at least
+   ``min(min_fit_clients, sites)`` updates arrived, otherwise the run stops (:class:`RunStopped`) keeping
+   its checkpoints and log;
+4. every ``eval_every`` rounds each site's model is evaluated on its val and test split;
+5. ``checkpoints/last.pt`` (weights, strategy state, the round log) is replaced atomically, then the round
+   is appended to ``rounds.jsonl``.
+
+Since every random draw depends only on ``(seed, round, site)`` and the checkpoint holds the complete
+training state, a run killed at any moment and resumed from its last checkpoint ends bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import ConcatDataset, Dataset
+from tqdm.auto import tqdm
+
+from medfed.errors import MedfedError
+from medfed.fl.checkpoint import load_checkpoint, save_checkpoint
+from medfed.fl.config import TrainingConfig
+from medfed.fl.evaluation import EvalDatasets, evaluate_on_site, metrics_by_site
+from medfed.fl.sampling import sample_sites
+from medfed.fl.strategies import Strategy
+from medfed.fl.strategies.centralised import POOLED
+from medfed.fl.update import ClientUpdate
+from medfed.fl.weights import get_weights, set_weights
+from medfed.seeding import derive_seed, rng_for
+from medfed.sites.base import Site
+from medfed.tasks.base import Task
+
+CHECKPOINT = "checkpoints/last.pt"
+ROUNDS_LOG = "rounds.jsonl"
+
+
+class RunStopped(MedfedError):
+    """A round ended with too few site updates; the run keeps its checkpoints and log up to then."""
+
+
+@dataclass
+class MethodResult:
+    """Final models of one method (flat weights by model name) and what happened on the way."""
+
+    name: str
+    models: dict[str, np.ndarray]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        return [dict(f, round=r["round"]) for r in self.rounds for f in r.get("failed", [])]
+
+
+def _train_datasets(task: Task, sites: Sequence[Site], pooled: bool) -> dict[str, Dataset]:
+    datasets = {site.name: task.train_dataset(site) for site in sites}
+    if pooled:
+        return {POOLED: ConcatDataset(list(datasets.values()))}
+    return datasets
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+class MethodRunner:
+    """Trains one method (a strategy) of an experiment on a federation, in this process."""
+
+    def __init__(
+        self,
+        name: str,
+        task: Task,
+        sites: Sequence[Site],
+        strategy: Strategy,
+        training: TrainingConfig,
+        seed: int,
+        run_dir: Path,
+        eval_datasets: EvalDatasets | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.name = name
+        self.task = task
+        self.sites = list(sites)
+        self.site_names = [s.name for s in self.sites]
+        self.strategy = strategy
+        self.training = training
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.eval_datasets = eval_datasets
+        self.progress = progress
+        self.min_counts = {s.name: s.min_count for s in self.sites}
+        self.clients = [POOLED] if strategy.pooled else list(self.site_names)
+
+    # ----------------------------------------------------------------- public
+    def run(self, resume: bool = False) -> MethodResult:
+        """Train all rounds (continuing from the last checkpoint when ``resume``) and return the final models."""
+        model = self.task.build_model(derive_seed(self.seed, "init"))
+        global_weights = get_weights(model)
+        state = self.strategy.initial_state(global_weights, self.clients)
+        log: list[dict[str, Any]] = []
+        start = 1
+        checkpoint = self.run_dir / CHECKPOINT
+        if resume and checkpoint.is_file():
+            saved = load_checkpoint(checkpoint)
+            if saved.get("method") != self.name or saved.get("clients") != self.clients:
+                raise MedfedError(f"{checkpoint}: checkpoint belongs to another run (method or sites differ)")
+            global_weights, state, log = saved["global"], saved["state"], saved["log"]
+            start = int(saved["round"]) + 1
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_log(log)
+        datasets = _train_datasets(self.task, self.sites, self.strategy.pooled)
+
+        total = self.training.rounds
+        bar = tqdm(range(start, total + 1), desc=self.name, unit="round", initial=start - 1, total=total,
+                   disable=not self.progress, leave=False)
+        for rnd in bar:
+            began = time.perf_counter()
+            sampled = sample_sites(self.clients, self.training.fraction_fit, self.training.min_fit_clients,
+                                   rng_for(self.seed, "sample", rnd))
+            record: dict[str, Any] = {"round": rnd, "sampled": sampled, "completed": [], "failed": [],
+                                      "train_loss": {}, "num_examples": {}}
+            updates = self._client_updates(model, datasets, sampled, rnd, global_weights, state, record)
+            new_global, new_state, diagnostics = self.strategy.aggregate(global_weights, updates, state)
+            needed = min(self.training.min_fit_clients, len(self.clients))
+            if len(record["completed"]) < needed:
+                record["status"] = "stopped"
+                self._append_log(record)
+                raise RunStopped(
+                    f"{self.name}, round {rnd}: only {len(record['completed'])} of the {len(sampled)} sampled "
+                    f"site(s) returned an update ({needed} needed); stopped, keeping rounds 1-{rnd - 1} "
+                    f"(checkpoint {checkpoint}, log {self.run_dir / ROUNDS_LOG})"
+                )
+            global_weights, state = new_global, new_state
+            record["aggregation"] = diagnostics
+            every = self.training.eval_every
+            if every and (rnd % every == 0 or rnd == total) and self.eval_datasets is not None:
+                record["eval"] = self._evaluate_round(model, global_weights, state)
+            record["seconds"] = round(time.perf_counter() - began, 3)
+            record = _jsonable(record)
+            log.append(record)
+            save_checkpoint(checkpoint, {"method": self.name, "clients": self.clients, "round": rnd,
+                                         "global": global_weights, "state": state, "log": log})
+            self._append_log(record)
+            losses = [v for v in record["train_loss"].values() if v is not None]
+            if losses:
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        bar.close()
+        return MethodResult(self.name, self.strategy.final_models(global_weights, state), log, start - 1)
+
+    # ----------------------------------------------------------------- internals
+    def _client_updates(
+        self, model: Any, datasets: dict[str, Dataset], sampled: list[str], rnd: int,
+        global_weights: np.ndarray, state: dict[str, Any], record: dict[str, Any],
+    ) -> Iterator[ClientUpdate]:
+        """Train each sampled site in turn and yield its update; a site that raises is recorded and skipped."""
+        bar = tqdm(sampled, desc=f"round {rnd}", unit="site", leave=False, disable=not self.progress or len(sampled) < 2)
+        for site in bar:
+            bar.set_postfix_str(site)
+            try:
+                set_weights(model, self.strategy.client_weights(global_weights, site, state))
+                hooks = self.strategy.client_hooks(model)
+                result = self.task.local_train(
+                    model, datasets[site], epochs=self.training.local_epochs,
+                    seed=derive_seed(self.seed, "train", rnd, site), hooks=hooks,
+                )
+                weights = get_weights(model)
+                if not np.isfinite(weights).all():
+                    raise FloatingPointError("local weights contain NaN or infinity")
+            except Exception as err:  # noqa: BLE001 - any failure of a site drops it from this round
+                reason = f"{type(err).__name__}: {err}"
+                record["failed"].append({"site": site, "error": reason})
+                tqdm.write(f"[{self.name}] round {rnd}: site {site} failed and is dropped from this round: {reason}")
+                continue
+            record["completed"].append(site)
+            record["train_loss"][site] = result.mean_loss
+            record["num_examples"][site] = result.num_examples
+            yield ClientUpdate(site, weights, result.num_examples, {"loss": result.mean_loss, "steps": result.steps})
+
+    def _evaluate_round(self, model: Any, global_weights: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
+        assert self.eval_datasets is not None
+        models = self.strategy.round_models(global_weights, state, self.site_names)
+        frames = []
+        for site in self.site_names:
+            set_weights(model, models[site])
+            frames.append(evaluate_on_site(self.task, model, site, self.eval_datasets))
+        return metrics_by_site(self.task, pd.concat(frames, ignore_index=True), self.min_counts)
+
+    def _write_log(self, log: list[dict[str, Any]]) -> None:
+        path = self.run_dir / ROUNDS_LOG
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
+        tmp.replace(path)
+
+    def _append_log(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / ROUNDS_LOG).open("a") as handle:
+            handle.write(json.dumps(_jsonable(record)) + "\n")

@@ -1,0 +1,30 @@
+"""Aggregation strategies, one per module; :data:`STRATEGIES` maps config names to classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medfed.errors import ConfigError
+from medfed.fl.strategies.base import State, Strategy
+from medfed.fl.strategies.centralised import Centralised
+from medfed.fl.strategies.fedavg import FedAvg, StreamingWeightedMean, weighted_average
+from medfed.fl.strategies.fedprox import FedProx
+from medfed.fl.strategies.local_only import LocalOnly
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (LocalOnly, FedAvg, FedProx, Centralised)}
+
+
+def build_strategy(name: str, params: dict[str, Any] | None = None, source: str = "<config>") -> Strategy:
+    """The strategy ``name`` with hyper-parameters ``params``; errors name the strategy and the bad field."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"{source}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    try:
+        return STRATEGIES[name](**(params or {}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: strategy {name}: {err}") from None
+
+
+__all__ = [
+    "STRATEGIES", "Centralised", "FedAvg", "FedProx", "LocalOnly", "State", "Strategy",
+    "StreamingWeightedMean", "build_strategy", "weighted_average",
+]

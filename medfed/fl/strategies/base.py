@@ -1,0 +1,60 @@
+"""The strategy contract: configuration and round wiring around pure aggregation maths.
+
+``aggregate(global_weights, updates, state) -> (new_global, state, diagnostics)`` consumes ``updates``
+once, in order (an iterator: the runner trains the next site only when the strategy asks for it, so a
+streaming strategy never holds more than one client model). ``state`` is a dict of numpy arrays and
+plain values, saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from medfed.fl.update import ClientUpdate
+from medfed.tasks.base import LocalHook
+
+State = dict[str, Any]
+
+
+class Strategy(ABC):
+    """One federated (or reference) training method."""
+
+    #: config name, e.g. ``"fedavg"``
+    name: ClassVar[str]
+    #: False for methods that pool patient data (the centralised reference)
+    privacy_preserving: ClassVar[bool] = True
+    #: True: train one client on the union of all sites' training data
+    pooled: ClassVar[bool] = False
+
+    def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
+        return {}
+
+    def client_weights(self, global_weights: np.ndarray, site: str, state: State) -> np.ndarray:
+        """The weights ``site`` starts its local training from (default: the global model)."""
+        return global_weights
+
+    def client_hooks(self, model: nn.Module) -> list[LocalHook]:
+        """Hooks for local training, built after the start weights are loaded into ``model``."""
+        return []
+
+    @abstractmethod
+    def aggregate(
+        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    ) -> tuple[np.ndarray, State, dict[str, Any]]: ...
+
+    def final_models(self, global_weights: np.ndarray, state: State) -> dict[str, np.ndarray]:
+        """Models to evaluate at the end, by name (default: ``{"global": ...}``)."""
+        return {"global": global_weights}
+
+    def round_models(self, global_weights: np.ndarray, state: State, sites: Sequence[str]) -> dict[str, np.ndarray]:
+        """The model each site uses after a round (for per-round evaluation); default: the global one."""
+        return {site: global_weights for site in sites}
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters, for logs and the resolved config."""
+        return {}

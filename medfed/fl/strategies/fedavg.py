@@ -1,0 +1,67 @@
+"""FedAvg: sample-weighted average of client models (McMahan et al., AISTATS 2017, Algorithm 1).
+
+``w_{t+1} = sum_k n_k w_k / sum_k n_k`` over the clients that returned an update in round ``t``, with
+``n_k`` the client's number of training examples (Flower's ``FedAvg`` weights by ``num_examples`` the
+same way). Accumulated as a running float64 sum, one client at a time: memory is one model, not K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from medfed.fl.strategies.base import State, Strategy
+from medfed.fl.update import ClientUpdate
+
+
+def weighted_average(weights: np.ndarray, num_examples: np.ndarray) -> np.ndarray:
+    """``sum_k n_k w_k / sum_k n_k`` for stacked weights ``(K, P)`` and counts ``(K,)``; float32 out."""
+    weights = np.asarray(weights, dtype=np.float64)
+    counts = np.asarray(num_examples, dtype=np.float64)
+    if weights.ndim != 2 or counts.shape != (weights.shape[0],):
+        raise ValueError(f"expected weights (K, P) and counts (K,), got {weights.shape} and {counts.shape}")
+    if counts.sum() <= 0:
+        raise ValueError("total number of examples is zero")
+    return (counts @ weights / counts.sum()).astype(np.float32)
+
+
+class StreamingWeightedMean:
+    """Running ``sum_k n_k w_k`` and ``sum_k n_k`` (float64); :meth:`result` equals :func:`weighted_average`."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.count = 0.0
+        self.clients = 0
+
+    def add(self, weights: np.ndarray, num_examples: float) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        if self.total is None:
+            self.total = np.zeros_like(w)
+        elif w.shape != self.total.shape:
+            raise ValueError(f"update of shape {w.shape} does not match {self.total.shape}")
+        self.total += num_examples * w
+        self.count += float(num_examples)
+        self.clients += 1
+
+    def result(self) -> np.ndarray:
+        if self.total is None or self.count <= 0:
+            raise ValueError("no update with a positive number of examples to average")
+        return (self.total / self.count).astype(np.float32)
+
+
+class FedAvg(Strategy):
+    name: ClassVar[str] = "fedavg"
+
+    def aggregate(
+        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    ) -> tuple[np.ndarray, State, dict[str, Any]]:
+        mean = StreamingWeightedMean()
+        weights_used: dict[str, int] = {}
+        for update in updates:
+            mean.add(update.weights, update.num_examples)
+            weights_used[update.site] = update.num_examples
+        if mean.clients == 0:
+            return global_weights, state, {"clients": 0}
+        return mean.result(), state, {"clients": mean.clients, "num_examples": weights_used}

@@ -1,0 +1,38 @@
+"""The one-screen summary: each site's test score under each method, with the model that site would deploy."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from medfed.fl.evaluation import POOLED
+
+#: the model each site deploys under a method: the global model, or (local-only) its own local model
+OWN_MODEL = "own"
+
+
+def deployed_model(method_models: list[str]) -> str:
+    """``own`` for local-only results (they have one model per site), else ``global``."""
+    return OWN_MODEL if OWN_MODEL in method_models else "global"
+
+
+def summary_table(metrics: pd.DataFrame, metric: str, split: str = "test") -> pd.DataFrame:
+    """Rows = sites then ``pooled``; columns = methods; cells = ``metric`` on ``split`` (``<n`` if suppressed)."""
+    rows = metrics[(metrics["metric"] == metric) & (metrics["split"] == split)]
+    cells: dict[str, dict[str, str]] = {}
+    for method, group in rows.groupby("method", sort=False):
+        model = deployed_model(group["model"].unique().tolist())
+        for _, row in group[group["model"] == model].iterrows():
+            cells.setdefault(str(method), {})[str(row["site"])] = _cell(row)
+    table = pd.DataFrame(cells)
+    sites = [s for s in table.index if s != POOLED] + ([POOLED] if POOLED in table.index else [])
+    return table.loc[sites].fillna("")
+
+
+def _cell(row: Mapping) -> str:
+    if bool(row["suppressed"]):
+        return f"n{row['n_cases']}"  # e.g. "n<5": too few cases to show a value
+    value = row["value"]
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
