@@ -90,29 +90,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_experiments() -> list[Path]:
+    """The demo experiment configs ``tasks/demo_*.yaml`` of this checkout (or of the working directory)."""
+    import medfed
+
+    for folder in (Path(medfed.__file__).resolve().parents[1] / "tasks", Path("tasks")):
+        found = sorted(folder.glob("demo_*.yaml"))
+        if found:
+            return found
+    raise ConfigError("no experiment config given and no tasks/demo_*.yaml found; pass CONFIG paths")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from medfed.demo import default_data_dir, ensure_demo
-    from medfed.synth.common import atomic_write_text
+    from medfed.fl.experiment import run_experiment, uses_demo
 
-    if args.configs:
-        configs = list(args.configs)
-    else:
-        data_dir = Path(args.data) if args.data else default_data_dir()
-        print(f"demo federations under {data_dir / args.scale} (generated when missing)")
-        configs = list(ensure_demo(data_dir, scale=args.scale, seed=args.seed).values())
-    federations, problems = validate_configs(configs, progress=not args.no_progress)
-    table = site_table(federations)
-    print(table.to_string(index=False))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sites.csv", table.to_csv(index=False))
-    summaries = {f.name: [s.summary() for s in f] for f in federations}
-    atomic_write_text(out / "federations.json", json.dumps(summaries, indent=2))
-    if problems:
-        _print_problems(problems, "the federations have data problems; fix them before training")
-        return EXIT_PROBLEMS
-    print(f"\nall {len(table)} sites validated; site summaries written to {out}/sites.csv and federations.json")
-    return 0
+    started = time.perf_counter()
+    configs = list(args.configs) or default_experiments()
+    data_dir = Path(args.data) if args.data else default_data_dir()
+    exit_code = 0
+    for config in configs:
+        demo: dict[str, Path] = {}
+        modality = uses_demo(config)
+        if modality is not None:
+            print(f"{config}: demo federation {modality!r} under {data_dir / args.scale} (generated when missing)")
+            demo = ensure_demo(data_dir, scale=args.scale, seed=args.seed, modalities=(modality,))
+        result = run_experiment(
+            config, args.out, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
+            overrides={"rounds": args.rounds} if args.rounds else None, validate=True,
+        )
+        print(f"\n== {result.name}: {result.primary_metric} on each site's test split "
+              f"(own model for local_only; n<k: too few cases to show) ==")
+        print(result.summary.to_string())
+        if "centralised" in result.summary.columns:
+            print("   centralised pools every site's images: an upper-bound reference, not privacy-preserving")
+        for failure in result.failures:
+            print(f"   round {failure['round']}: site {failure['site']} dropped from {failure['method']} "
+                  f"({failure['error']})")
+        for method, message in result.stopped.items():
+            print(f"   {method} STOPPED: {message}", file=sys.stderr)
+            exit_code = EXIT_PROBLEMS
+        print(f"   results: {result.out}/metrics.csv, predictions/, runs/<method>/rounds.jsonl")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s")
+    return exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,12 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--no-progress", action="store_true")
     validate.set_defaults(func=cmd_validate)
 
-    run = sub.add_parser("run", help="the main job: prepare and validate federations (demo ones by default)")
-    run.add_argument("configs", nargs="*", type=Path, help="federation config(s); default: the demo federations")
+    run = sub.add_parser("run", help="the main job: train and compare methods on federations (demo ones by default)")
+    run.add_argument("configs", nargs="*", type=Path,
+                     help="experiment config(s), e.g. tasks/demo_brain_mri.yaml; default: tasks/demo_*.yaml")
     run.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
-    run.add_argument("--scale", choices=SCALES, default="demo")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", default="reports/demo", help="output folder (default reports/demo)")
+    run.add_argument("--scale", choices=SCALES, default="demo", help="size of generated demo federations")
+    run.add_argument("--seed", type=int, default=0, help="seed of generated demo federations")
+    run.add_argument("--out", default="reports", help="output folder; each experiment writes <out>/<name>/")
+    run.add_argument("--resume", action="store_true", help="continue killed runs from their last finished round")
+    run.add_argument("--rounds", type=int, help="override training.rounds (e.g. 1 for a smoke test)")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
     return parser

@@ -49,16 +49,20 @@ def test_validate_clean_federations(small_data, capsys):
     assert "no problems" in capsys.readouterr().out
 
 
-def test_run_writes_summaries_and_leaks_no_identifier(small_data, tmp_path, capsys):
+def test_main_job_trains_every_demo_experiment_and_leaks_no_identifier(small_data, tmp_path, capsys):
     identifiers = fake_identifiers(small_data)
     assert identifiers, "the synthetic DICOM sites must carry fake identifiers for this test to mean anything"
     data_dir = tmp_path / "data"
     shutil.copytree(small_data, data_dir / "small")
     out = tmp_path / "reports"
-    assert main(["run", "--data", str(data_dir), "--scale", "small", "--out", str(out), "--no-progress"]) == 0
+    args = ["run", "--data", str(data_dir), "--scale", "small", "--rounds", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
     captured = capsys.readouterr()
-    texts = [captured.out, captured.err] + [p.read_text() for p in out.rglob("*") if p.is_file()]
-    assert (out / "sites.csv").is_file() and (out / "federations.json").is_file()
+    for name in ("demo_brain_mri", "demo_chest_xray", "demo_ureteroscopy"):
+        assert (out / name / "metrics.csv").is_file() and (out / name / "summary.csv").is_file()
+        assert f"== {name}:" in captured.out
+    assert "not privacy-preserving" in captured.out
+    texts = [captured.out, captured.err] + [p.read_text() for p in out.rglob("*") if p.suffix in (".csv", ".jsonl", ".yaml")]
     for text in texts:
         for identifier in identifiers:
             assert identifier not in text
@@ -67,11 +71,29 @@ def test_run_writes_summaries_and_leaks_no_identifier(small_data, tmp_path, caps
 def test_run_generates_missing_demo_once(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFED_DATA", str(tmp_path / "d"))
     out = tmp_path / "r"
-    assert main(["run", "--scale", "small", "--out", str(out), "--no-progress"]) == 0
-    config = tmp_path / "d" / "small" / "sites" / "brain_mri.yaml"
-    stamp = config.stat().st_mtime_ns
-    assert main(["run", "--scale", "small", "--out", str(out), "--no-progress"]) == 0
-    assert config.stat().st_mtime_ns == stamp
+    config = str(Path(__file__).resolve().parents[1] / "tasks" / "demo_ureteroscopy.yaml")
+    args = ["run", config, "--scale", "small", "--rounds", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    written = tmp_path / "d" / "small" / "sites" / "ureteroscopy.yaml"
+    stamp = written.stat().st_mtime_ns
+    assert not (tmp_path / "d" / "small" / "sites" / "brain_mri.yaml").exists()  # only what the config needs
+    assert main(args) == 0
+    assert written.stat().st_mtime_ns == stamp
+
+
+def test_run_validates_every_case_before_training(small_data, tmp_path, capsys):
+    broken = tmp_path / "data" / "small"
+    shutil.copytree(small_data, broken)
+    stones = sorted(p for p in (broken / "ureteroscopy").rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+    for stone in stones[:2]:
+        stone.write_bytes(b"broken")
+    config = str(Path(__file__).resolve().parents[1] / "tasks" / "demo_ureteroscopy.yaml")
+    args = ["run", config, "--data", str(tmp_path / "data"), "--scale", "small", "--out", str(tmp_path / "r"),
+            "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert stones[0].name in err and stones[1].name in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "demo_ureteroscopy" / "runs").exists()
 
 
 def test_validate_reports_problems_across_federations_at_once(small_data, tmp_path, capsys):

@@ -428,6 +428,9 @@ def write_brain_mri(
         "name": f"{MODALITY}-{scale}",
         "adapter": "brats",
         "split": {"seed": seed, "val": 0.15, "test": 0.25},
+        # synthetic subjects, no patient to protect: per-site metrics are shown from 2 test cases so the
+        # tiny demo institutions have a row; real federations keep the default of 5
+        "min_count": 5 if scale == "full" else 2,
         "sources": [{
             "root": f"../{MODALITY}", "partition_csv": f"partitioning_{partitioning}.csv", "name": "inst",
             "naming": naming, "enhancing_label": enhancing_label,

@@ -2,13 +2,13 @@
 
 Sites (cases per scale ``small``/``demo``/``full``):
 
-- ``adult-a``: DX DICOM, MONOCHROME2, PA-heavy, well exposed; label CSV with metadata (10/60/3000).
+- ``adult-a``: DX DICOM, MONOCHROME2, PA-heavy, well exposed; label CSV with metadata (10/240/3000).
 - ``adult-b``: CR DICOM, MONOCHROME1 (inverted storage), RescaleSlope 2 / RescaleIntercept -1024,
   portable AP-heavy, under-exposed and noisy, non-square; its CSV holds labels only, so age, sex and
-  view come from the DICOM headers (10/30/1500).
-- ``adult-c``: 8-bit PNG with a label CSV (integer codes), soft and bright (8/12/600).
+  view come from the DICOM headers (10/120/1500).
+- ``adult-c``: 8-bit PNG with a label CSV (integer codes), soft and bright (8/48/600).
 - ``pediatric``: 8-bit PNG in ``NORMAL/`` and ``PNEUMONIA/`` folders (Kermany et al., Cell 2018),
-  smaller anatomy, relatively larger heart, higher pneumonia prevalence (10/24/1200).
+  smaller anatomy, relatively larger heart, higher pneumonia prevalence (10/96/1200).
 
 Finding columns follow CheXpert (Irvin et al. 2019): ``1`` positive, ``0`` negative, ``-1``
 uncertain, blank unmentioned. Pneumonia is rendered as patchy opacities: clearly for positives,
@@ -77,16 +77,16 @@ class SiteSpec:
 
 
 SITES: tuple[SiteSpec, ...] = (
-    SiteSpec("adult-a", "dicom", {"small": 10, "demo": 60, "full": 3000}, prevalence=0.2, uncertain_rate=0.1,
+    SiteSpec("adult-a", "dicom", {"small": 10, "demo": 240, "full": 3000}, prevalence=0.2, uncertain_rate=0.1,
              blank_rate=0.6, gain=0.9, gamma=1.0, noise=0.008, ap_fraction=0.2),
-    SiteSpec("adult-b", "dicom", {"small": 10, "demo": 30, "full": 1500}, prevalence=0.3, uncertain_rate=0.15,
+    SiteSpec("adult-b", "dicom", {"small": 10, "demo": 120, "full": 1500}, prevalence=0.3, uncertain_rate=0.15,
              blank_rate=0.7, gain=0.62, gamma=1.35, offset=0.08, noise=0.03, blur=0.8, aspect=0.875,
              ap_fraction=0.8, modality="CR", photometric="MONOCHROME1", slope=2.0, intercept=-1024.0,
              csv_metadata=False),
-    SiteSpec("adult-c", "png", {"small": 8, "demo": 12, "full": 600}, prevalence=0.15, uncertain_rate=0.1,
+    SiteSpec("adult-c", "png", {"small": 8, "demo": 48, "full": 600}, prevalence=0.15, uncertain_rate=0.1,
              blank_rate=0.5, gain=0.95, gamma=0.75, offset=0.02, noise=0.015, blur=1.4, ap_fraction=0.5,
              label_format="int"),
-    SiteSpec("pediatric", "class_folders", {"small": 10, "demo": 24, "full": 1200}, prevalence=0.6,
+    SiteSpec("pediatric", "class_folders", {"small": 10, "demo": 96, "full": 1200}, prevalence=0.6,
              uncertain_rate=0.0, blank_rate=0.0, pediatric=True, gain=0.85, gamma=1.1, noise=0.012, blur=0.7,
              ap_fraction=0.9),
 )
@@ -240,7 +240,7 @@ def table_row(case: Case, rel: str, spec: SiteSpec) -> dict[str, str]:
 def _dicom(stored: np.ndarray, case: Case, spec: SiteSpec, seed: int, field_mm: float) -> Dataset:
     """A DICOM dataset with realistic headers, fake identifiers and deterministic UIDs."""
     rng = rng_for(seed, MODALITY, spec.name, case.index, "header")
-    uid = lambda kind: generate_uid(entropy_srcs=[MODALITY, str(seed), spec.name, str(case.index), kind])  # noqa: E731
+    uid = lambda kind: generate_uid(entropy_srcs=[MODALITY, str(seed), spec.name, str(case.index), kind])
     study_date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 730)))
     birth = study_date - dt.timedelta(days=int(case.age * 365.25 + rng.integers(1, 365)))
     meta = FileMetaDataset()
