@@ -134,7 +134,7 @@ def run_experiment(
             continue
         failures += [dict(f, method=label) for f in result.failures]
         bar = tqdm(total=len(result.models) * len(names), desc=f"{label}: evaluate", unit="site", leave=False,
-                   disable=not progress)
+                   disable=None if progress else True)  # None: off when not a terminal
         records = evaluate_models(task, runner_model(task, config), result.models, names, eval_data, bar)
         bar.close()
         if any(m == local_key(n) for m in result.models for n in names):

@@ -138,7 +138,7 @@ class MethodRunner:
 
         total = self.training.rounds
         bar = tqdm(range(start, total + 1), desc=self.name, unit="round", initial=start - 1, total=total,
-                   disable=not self.progress, leave=False)
+                   disable=None if self.progress else True, leave=False)
         for rnd in bar:
             began = time.perf_counter()
             sampled = sample_sites(self.clients, self.training.fraction_fit, self.training.min_fit_clients,
@@ -179,7 +179,8 @@ class MethodRunner:
         global_weights: np.ndarray, state: dict[str, Any], record: dict[str, Any],
     ) -> Iterator[ClientUpdate]:
         """Train each sampled site in turn and yield its update; a site that raises is recorded and skipped."""
-        bar = tqdm(sampled, desc=f"round {rnd}", unit="site", leave=False, disable=not self.progress or len(sampled) < 2)
+        bar = tqdm(sampled, desc=f"round {rnd}", unit="site", leave=False,
+                   disable=None if self.progress and len(sampled) > 1 else True)
         for site in bar:
             bar.set_postfix_str(site)
             try:
