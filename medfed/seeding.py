@@ -11,12 +11,15 @@ import hashlib
 import numpy as np
 
 
+def _digest(seed: int, *keys: str | int) -> bytes:
+    return hashlib.sha256("|".join(str(k) for k in (seed, *keys)).encode()).digest()
+
+
 def derive_seed(seed: int, *keys: str | int) -> int:
-    """A 63-bit seed for ``(seed, *keys)`` (SHA-256 of the keys joined by ``|``)."""
-    digest = hashlib.sha256("|".join(str(k) for k in (seed, *keys)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    """A 63-bit seed for ``(seed, *keys)`` (first 8 bytes of SHA-256 of the keys joined by ``|``), e.g. for torch."""
+    return int.from_bytes(_digest(seed, *keys)[:8], "little") >> 1
 
 
 def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
-    """A numpy generator for ``(seed, *keys)``."""
-    return np.random.default_rng(derive_seed(seed, *keys))
+    """A numpy generator for ``(seed, *keys)`` seeded with 128 bits of the same digest (used by ``medfed.synth``)."""
+    return np.random.default_rng(int.from_bytes(_digest(seed, *keys)[:16], "little"))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from medfed.seeding import rng_for
 from medfed.sites import load_federation
 from medfed.synth.brain_mri import (
     CONTRASTS,
@@ -21,7 +22,6 @@ from medfed.synth.brain_mri import (
     smooth_field,
     write_brain_mri,
 )
-from medfed.synth.common import rng_for
 
 SPEC = SCALE_SPECS["small"]
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from medfed.seeding import rng_for
 from medfed.sites import load_federation
 from medfed.synth.chest_xray import (
     FAKE_MARKER,
@@ -20,7 +21,6 @@ from medfed.synth.chest_xray import (
     render_chest,
     write_chest_xray,
 )
-from medfed.synth.common import rng_for
 
 SPECS = {spec.name: spec for spec in SITES}
 

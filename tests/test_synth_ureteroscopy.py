@@ -11,9 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from medfed.seeding import rng_for
 from medfed.sites import load_federation
 from medfed.sites.ureteroscopy import DEFAULT_CLASSES, DEFAULT_VIEWS
-from medfed.synth.common import rng_for
 from medfed.synth.ureteroscopy import (
     CLASSES,
     SITES,

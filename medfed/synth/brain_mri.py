@@ -45,9 +45,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from medfed.seeding import rng_for
 from medfed.synth.common import (
     check_scale,
-    rng_for,
     staged_directory,
     write_federation_config,
 )

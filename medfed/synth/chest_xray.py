@@ -32,9 +32,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 
+from medfed.seeding import rng_for
 from medfed.synth.common import (
     check_scale,
-    rng_for,
     staged_directory,
     write_federation_config,
 )

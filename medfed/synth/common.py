@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -11,20 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 
 Scale = Literal["small", "demo", "full"]
 SCALES: tuple[str, ...] = ("small", "demo", "full")
-
-
-def rng_for(seed: int, *keys: str | int) -> np.random.Generator:
-    """An independent generator for ``(seed, *keys)``, e.g. ``rng_for(0, "site-a", "case-3")``.
-
-    Streams depend only on their keys, so adding a site or a case never changes another one's pixels.
-    """
-    digest = hashlib.sha256("|".join(str(k) for k in (seed, *keys)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
 def check_scale(scale: str) -> str:

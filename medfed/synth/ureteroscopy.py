@@ -37,9 +37,9 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from medfed.seeding import rng_for
 from medfed.synth.common import (
     check_scale,
-    rng_for,
     staged_directory,
     write_federation_config,
 )
