@@ -44,6 +44,7 @@ from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import get_weights, set_weights
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites.base import Site
+from medfed.synth.common import atomic_write_text
 from medfed.tasks.base import Task
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -213,10 +214,7 @@ class MethodRunner:
         return metrics_by_site(self.task, pd.concat(frames, ignore_index=True), self.min_counts)
 
     def _write_log(self, log: list[dict[str, Any]]) -> None:
-        path = self.run_dir / ROUNDS_LOG
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
-        tmp.replace(path)
+        atomic_write_text(self.run_dir / ROUNDS_LOG, "".join(json.dumps(r) + "\n" for r in log))
 
     def _append_log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / ROUNDS_LOG).open("a") as handle:
