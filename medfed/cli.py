@@ -1,4 +1,4 @@
-"""The ``medfed`` command: ``synth``, ``validate``, ``run``.
+"""The ``medfed`` command: ``synth``, ``validate``, ``run``, ``report``.
 
 Bad input ends in a message naming the file, case and reason and a non-zero exit code, never a
 traceback: exit 1 for data problems, 2 for config/usage errors.
@@ -131,8 +131,48 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"   {method} STOPPED: {message}", file=sys.stderr)
             exit_code = EXIT_PROBLEMS
         print(f"   results: {result.out}/metrics.csv, predictions/, runs/<method>/rounds.jsonl")
+        if len(result.metrics):
+            _report([result.out], None, _report_options(args))
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return exit_code
+
+
+def _report_options(args: argparse.Namespace):
+    from medfed.report import ReportOptions
+
+    return ReportOptions(
+        baselines=tuple(args.baseline or ()), n_resamples=args.resamples, confidence=args.confidence,
+        ci_method=args.ci, correction=args.correction, seed=args.report_seed, min_ci_cases=args.min_ci_cases,
+    )
+
+
+def _report(run_dirs: list[Path], out: Path | None, options) -> None:
+    from medfed.report import write_report
+
+    result = write_report(run_dirs, out, options)
+    comparisons = result.analysis.comparisons
+    tested = int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0
+    significant = int((comparisons["p_adjusted"] < 0.05).sum()) if len(comparisons) else 0
+    print(f"   report: {result.html} ({tested} paired comparisons tested, {significant} significant after "
+          f"{options.correction} correction; numbers in per_site.csv, comparisons.csv, summary.json, summary.md)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _report(list(args.run_dirs), args.out, _report_options(args))
+    return 0
+
+
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("report statistics")
+    group.add_argument("--baseline", action="append", metavar="METHOD",
+                       help="method every other method is compared with (repeatable; default: local_only and fedavg)")
+    group.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    group.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    group.add_argument("--ci", choices=("bca", "percentile"), default="bca", help="bootstrap CI method")
+    group.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
+                       help="multiple-comparison correction across sites x comparisons (default holm)")
+    group.add_argument("--report-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    group.add_argument("--min-ci-cases", type=int, default=10, help="fewest test cases for a CI or test (default 10)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue killed runs from their last finished round")
     run.add_argument("--rounds", type=int, help="override training.rounds (e.g. 1 for a smoke test)")
     run.add_argument("--no-progress", action="store_true")
+    _add_report_options(run)
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="per-site statistics and an HTML report of run directories")
+    report.add_argument("run_dirs", nargs="+", type=Path,
+                        help="run directories written by `medfed run` (several on one federation are merged)")
+    report.add_argument("--out", type=Path, help="report folder (default: the run directory; needed when merging)")
+    _add_report_options(report)
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -17,12 +17,12 @@ import pandas as pd
 from torch import nn
 from torch.utils.data import Dataset
 
+from medfed.fl.names import POOLED
 from medfed.fl.weights import set_weights
 from medfed.sites.base import Site
 from medfed.stats import suppress_count
 from medfed.tasks.base import Task
 
-POOLED = "pooled"
 SPLITS = ("val", "test")
 METRIC_COLUMNS = ("method", "model", "site", "split", "metric", "value", "n_cases", "suppressed")
 

@@ -4,6 +4,7 @@ Run directory ``<out>/<experiment name>/``::
 
     config.yaml            resolved experiment config (what ran; a resume must match it)
     sites.csv              per-site case counts (suppressed below min_count)
+    sites.json             per-site summaries for the report: splits, labels, metadata (suppressed), min_count
     runs/<method>/         checkpoints/last.pt and rounds.jsonl of each method
     predictions/<method>.csv   per-case records of every final model on every site's val and test split
     metrics.csv            method, model, site (or pooled), split, metric, value, n_cases, suppressed
@@ -15,6 +16,7 @@ local-only, the model ``own`` stands for "each site's own local model on its own
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +73,8 @@ def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
         return True
     for stale in ("runs", "predictions"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    for stale in ("metrics.csv", "summary.csv", "sites.csv"):
+    report = ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md")
+    for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", *report):
         (out / stale).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
@@ -169,8 +172,11 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def _write_sites(path: Path, federation: Federation) -> None:
-    rows = []
+    """``sites.csv`` (counts per split) and ``sites.json`` (whole summaries); all counts already suppressed."""
+    rows, summaries = [], []
     for site in federation:
         summary = site.summary()
         rows.append({"site": site.name, "cases": summary["cases"], **summary["splits"]})
+        summaries.append({**summary, "min_count": site.min_count})
     _write_csv(path, pd.DataFrame(rows))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(summaries, indent=1))

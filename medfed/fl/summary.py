@@ -7,15 +7,9 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from medfed.fl.evaluation import POOLED
+from medfed.fl.names import OWN_MODEL, POOLED, deployed_model
 
-#: the model each site deploys under a method: the global model, or (local-only) its own local model
-OWN_MODEL = "own"
-
-
-def deployed_model(method_models: list[str]) -> str:
-    """``own`` for local-only results (they have one model per site), else ``global``."""
-    return OWN_MODEL if OWN_MODEL in method_models else "global"
+__all__ = ["OWN_MODEL", "deployed_model", "summary_table"]
 
 
 def summary_table(metrics: pd.DataFrame, metric: str, split: str = "test") -> pd.DataFrame:

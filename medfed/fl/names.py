@@ -1,0 +1,14 @@
+"""Names shared by the runner's outputs and their readers (torch-free, so a report can import them)."""
+
+from __future__ import annotations
+
+#: the ``site`` of metrics computed on the records of all sites together
+POOLED = "pooled"
+
+#: the model each site deploys under local-only training: its own local model, evaluated on its own cases
+OWN_MODEL = "own"
+
+
+def deployed_model(method_models: list[str]) -> str:
+    """``own`` for local-only results (they have one model per site), else ``global``."""
+    return OWN_MODEL if OWN_MODEL in method_models else "global"

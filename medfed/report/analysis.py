@@ -1,0 +1,247 @@
+"""The numbers of a report: per-site estimates with CIs, paired comparisons with corrected P-values, and
+summaries across sites. Pure given the loaded run: same run + options = same numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medfed.errors import MedfedError
+from medfed.fl.names import POOLED
+from medfed.report.cases import SiteCases, site_cases
+from medfed.report.metrics import PRIMARY, MetricSpec, specs_for
+from medfed.report.run_data import RunData
+from medfed.seeding import rng_for
+from medfed.stats import (
+    CI_METHODS,
+    CORRECTIONS,
+    across_sites,
+    adjust_p_values,
+    bootstrap_distributions,
+    confidence_interval,
+    delong_test,
+    paired_difference,
+    paired_wilcoxon,
+    point_estimate,
+    suppress_count,
+)
+
+DEFAULT_BASELINES = ("local_only", "fedavg")
+TEST_NAMES = {"delong": "DeLong", "wilcoxon": "Wilcoxon signed-rank", "": "paired bootstrap"}
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How the report computes its statistics (all written into summary.json)."""
+
+    baselines: tuple[str, ...] = ()  #: compared against; default: local_only and fedavg where present
+    split: str = "test"
+    n_resamples: int = 1000
+    confidence: float = 0.95
+    ci_method: str = "bca"  #: "bca" or "percentile" (per-method CIs; differences use the percentile interval)
+    correction: str = "holm"  #: "holm", "bh" or "none"; family = sites x comparisons, per metric
+    seed: int = 0
+    min_ci_cases: int = 10  #: fewer test cases than this: no CI and no test ("too few cases")
+
+    def check(self) -> None:
+        if self.ci_method not in CI_METHODS:
+            raise MedfedError(f"unknown CI method {self.ci_method!r}; choose {' or '.join(CI_METHODS)}")
+        if self.correction not in CORRECTIONS:
+            raise MedfedError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
+        if self.n_resamples < 100:
+            raise MedfedError(f"n_resamples={self.n_resamples}: use at least 100 bootstrap resamples")
+        if not 0 < self.confidence < 1:
+            raise MedfedError(f"confidence={self.confidence}: must lie between 0 and 1")
+
+
+@dataclass
+class Analysis:
+    run: RunData
+    options: ReportOptions
+    specs: list[MetricSpec]
+    primary: str
+    baselines: list[str]
+    per_site: pd.DataFrame
+    comparisons: pd.DataFrame
+    aggregates: pd.DataFrame
+    #: sites whose test cases are at least min_count (their per-case values may be plotted)
+    shown_sites: list[str] = field(default_factory=list)
+
+
+def _normalise(name: str) -> str:
+    return name.replace("-", "_").lower()
+
+
+def choose_baselines(methods: list[str], requested: tuple[str, ...]) -> list[str]:
+    """Requested baselines (``local-only`` matches ``local_only``); default local_only and fedavg if run,
+    else the first method."""
+    by_key = {_normalise(m): m for m in methods}
+    if requested:
+        unknown = [b for b in requested if _normalise(b) not in by_key]
+        if unknown:
+            raise MedfedError(f"baseline(s) {', '.join(unknown)} not among the methods: {', '.join(methods)}")
+        return [by_key[_normalise(b)] for b in requested]
+    found = [by_key[b] for b in DEFAULT_BASELINES if b in by_key]
+    return found or methods[:1]
+
+
+def comparison_pairs(methods: list[str], baselines: list[str]) -> list[tuple[str, str]]:
+    """(method, baseline) for every other method against each baseline; two baselines are compared once."""
+    pairs: list[tuple[str, str]] = []
+    for baseline in baselines:
+        for method in methods:
+            if method != baseline and (baseline, method) not in pairs:
+                pairs.append((method, baseline))
+    return pairs
+
+
+def _site_frames(run: RunData, site: str, split: str) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for method in run.methods:
+        records = run.records[method]
+        frames[method] = records[(records["site"].astype(str) == site) & (records["split"] == split)]
+    return frames
+
+
+def _ci_note(n: int, min_count: int, cases: SiteCases | None, options: ReportOptions) -> str:
+    if n == 0:
+        return "no test cases"
+    if n < min_count:
+        return f"fewer than {min_count} test cases: suppressed"
+    if n < options.min_ci_cases:
+        return f"too few test cases for a CI or test (n < {options.min_ci_cases})"
+    if cases is not None and cases.smallest_stratum() < 2:
+        return "a class has fewer than 2 test cases: no CI or test"
+    return ""
+
+
+def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
+    """Compute every table of the report from a loaded run."""
+    options = options or ReportOptions()
+    options.check()
+    labels = _labels(run)
+    specs = specs_for(run.task_kind, labels=labels)
+    baselines = choose_baselines(run.methods, options.baselines)
+    pairs = comparison_pairs(run.methods, baselines)
+    per_site_rows: list[dict[str, Any]] = []
+    comparison_rows: list[dict[str, Any]] = []
+    shown: list[str] = []
+    n_by_site: dict[str, int] = {}
+    for site in run.site_names:
+        frames = _site_frames(run, site, options.split)
+        n = int(frames[run.methods[0]]["case_id"].nunique()) if run.methods else 0
+        n_by_site[site] = n
+        min_count = run.min_count(site)
+        cases = site_cases(run.task_kind, site, frames, labels) if n else None
+        note = _ci_note(n, min_count, cases, options)
+        suppressed = n < min_count
+        if not suppressed and n:
+            shown.append(site)
+        with_ci = cases is not None and not note
+        distributions = {}
+        if with_ci:
+            distributions = bootstrap_distributions(
+                cases.statistics, n, n_resamples=options.n_resamples, seed=rng_for(options.seed, "report", site),
+                strata=cases.strata,
+            )
+        estimates = {key: point_estimate(stat) for key, stat in cases.statistics.items()} if cases else {}
+        for method in run.methods:
+            for spec in specs:
+                key = (method, spec.name)
+                row = {"site": site, "method": method, "metric": spec.name, "label": spec.label, "unit": spec.unit,
+                       "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "ci_method": "",
+                       "n_cases": suppress_count(n, min_count), "note": note}
+                if cases is not None and not suppressed and key in cases.statistics:
+                    row["estimate"] = estimates[key]
+                    if with_ci:
+                        interval = confidence_interval(cases.statistics[key], distributions[key], estimates[key],
+                                                       options.confidence, options.ci_method)
+                        row.update(ci_low=interval.low, ci_high=interval.high, ci_method=options.ci_method)
+                    if not np.isfinite(row["estimate"]) and not note:
+                        row["note"] = "undefined on these cases"
+                per_site_rows.append(row)
+        for method, baseline in pairs:
+            for spec in (s for s in specs if s.compare):
+                comparison_rows.append(_compare(site, method, baseline, spec, cases, distributions, estimates,
+                                                note, suppress_count(n, min_count), options))
+    per_site = pd.DataFrame(per_site_rows)
+    comparisons = _correct(pd.DataFrame(comparison_rows), options.correction, len(pairs))
+    aggregates = _aggregates(run, per_site, specs, n_by_site, options.split)
+    return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown)
+
+
+def _labels(run: RunData) -> list[str] | None:
+    if run.task_kind != "classification" or not run.methods:
+        return None
+    return list(dict.fromkeys(run.records[run.methods[0]]["label"].astype(str)))
+
+
+def _compare(
+    site: str, method: str, baseline: str, spec: MetricSpec, cases: SiteCases | None,
+    distributions: dict, estimates: dict, note: str, n_cases: int | str, options: ReportOptions,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "site": site, "metric": spec.name, "label": spec.label, "unit": spec.unit, "method": method,
+        "baseline": baseline, "difference": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_bootstrap": np.nan,
+        "test": TEST_NAMES[spec.test], "p_value": np.nan, "effect_size": np.nan, "effect_size_name": "",
+        "n_cases": n_cases, "note": note,
+    }
+    a, b = (method, spec.name), (baseline, spec.name)
+    if note or cases is None or a not in distributions:
+        row["note"] = note or "not computed"
+        return row
+    diff = paired_difference(estimates[a], estimates[b], distributions[a], distributions[b], options.confidence)
+    row.update(difference=diff.estimate, ci_low=diff.low, ci_high=diff.high, p_bootstrap=diff.p_value,
+               p_value=diff.p_value, effect_size_name=f"difference in {spec.label}")
+    row["effect_size"] = diff.estimate
+    stat_a, stat_b = cases.statistics[a], cases.statistics[b]
+    if spec.test == "delong":
+        result = delong_test(stat_a.scores, stat_b.scores, stat_a.targets, options.confidence)
+        row.update(p_value=result.p_value, effect_size=result.z, effect_size_name="z (difference / DeLong SE)")
+    elif spec.test == "wilcoxon":
+        result = paired_wilcoxon(stat_a.values, stat_b.values)
+        row.update(p_value=result.p_value, effect_size=result.rank_biserial,
+                   effect_size_name="matched-pairs rank-biserial r")
+    if not np.isfinite(row["difference"]):
+        row["note"] = "undefined on these cases"
+    return row
+
+
+def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int) -> pd.DataFrame:
+    """Adjust ``p_value`` within each metric's family (every site x comparison with a P-value)."""
+    if comparisons.empty:
+        return comparisons.assign(p_adjusted=pd.Series(dtype=float), correction=pd.Series(dtype=str))
+    comparisons = comparisons.copy()
+    comparisons["p_adjusted"] = np.nan
+    comparisons["correction"] = ""
+    for metric, group in comparisons.groupby("metric", sort=False):
+        p = group["p_value"].to_numpy(dtype=float)
+        m = int(np.isfinite(p).sum())
+        comparisons.loc[group.index, "p_adjusted"] = adjust_p_values(p, method)
+        comparisons.loc[group.index, "correction"] = (
+            f"{CORRECTIONS[method]} over {m} tests of {metric} (sites x {n_pairs} comparisons)" if m else ""
+        )
+    return comparisons
+
+
+def _aggregates(
+    run: RunData, per_site: pd.DataFrame, specs: list[MetricSpec], n_by_site: dict[str, int], split: str
+) -> pd.DataFrame:
+    rows = []
+    pooled = run.metrics
+    for method in run.methods:
+        for spec in specs:
+            part = per_site[(per_site["method"] == method) & (per_site["metric"] == spec.name)]
+            summary = across_sites(part["site"].tolist(), part["estimate"].tolist(),
+                                   [n_by_site[s] for s in part["site"]], spec.higher_is_better)
+            pooled_value = np.nan
+            if len(pooled):
+                match = pooled[(pooled["method"] == method) & (pooled["site"] == POOLED) & (pooled["split"] == split)
+                               & (pooled["metric"] == spec.name)]
+                if len(match) and not bool(match["suppressed"].iloc[0]):
+                    pooled_value = float(match["value"].iloc[0])
+            rows.append({"method": method, "metric": spec.name, "label": spec.label, **summary, "pooled": pooled_value})
+    return pd.DataFrame(rows)

@@ -1,0 +1,38 @@
+"""Number formatting shared by the HTML page and the Markdown summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or an en dash when undefined."""
+    return f"{float(value):.{digits}f}" if _finite(value) else "–"
+
+
+def fmt_ci(estimate: Any, low: Any, high: Any, digits: int = 3) -> str:
+    """``0.912 (0.850–0.960)``; the interval is left out when there is none."""
+    if not _finite(estimate):
+        return "–"
+    if not (_finite(low) and _finite(high)):
+        return fmt(estimate, digits)
+    return f"{fmt(estimate, digits)} ({fmt(low, digits)}–{fmt(high, digits)})"
+
+
+def fmt_p(p: Any) -> str:
+    if not _finite(p):
+        return "–"
+    return "<0.001" if float(p) < 0.001 else f"{float(p):.3f}"
+
+
+def digits_for(unit: str) -> int:
+    """Millimetres to one decimal, unitless scores to three."""
+    return 1 if unit == "mm" else 3

@@ -1,0 +1,128 @@
+"""The self-contained HTML page (inline SVG figures, inline CSS, no script, no external resource)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from medfed.report import plots
+from medfed.report.analysis import Analysis
+from medfed.report.formatting import digits_for, fmt, fmt_ci, fmt_p
+from medfed.stats import CORRECTIONS
+
+TASK_LABELS = {
+    "classification": "image classification", "segmentation": "brain tumour segmentation (BraTS regions)",
+    "anomaly": "anomaly detection",
+}
+CI_NAMES = {"bca": "BCa (bias-corrected and accelerated)", "percentile": "percentile"}
+TEST_TEXT = {
+    "delong": "DeLong's test for two correlated AUROCs (DeLong et al. 1988), effect size z",
+    "wilcoxon": "Wilcoxon signed-rank test on per-case values, effect size the matched-pairs rank-biserial r",
+}
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("medfed.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+
+
+def _site_rows(analysis: Analysis) -> tuple[list[dict[str, Any]], list[str]]:
+    """Site table rows: split counts plus one column per label / metadata descriptor (already suppressed)."""
+    rows, columns = [], []
+    for site in analysis.run.sites:
+        described: dict[str, str] = {}
+        for group in ("labels", "metadata"):
+            for name, counts in (site.get(group) or {}).items():
+                if name in ("format", "institution", "population") and group == "metadata" and len(counts) == 1:
+                    continue  # one value everywhere says nothing
+                described[name] = ", ".join(f"{k}: {v}" for k, v in counts.items())
+                if name not in columns:
+                    columns.append(name)
+        splits = site.get("splits", {})
+        rows.append({"name": site["site"], "cases": site.get("cases", ""), "train": splits.get("train", ""),
+                     "val": splits.get("val", ""), "test": splits.get("test", ""), "columns": described})
+    return rows, columns
+
+
+def _metric_cells(analysis: Analysis, site: str, metric: str, unit: str) -> list[str]:
+    part = analysis.per_site[(analysis.per_site["site"] == site) & (analysis.per_site["metric"] == metric)]
+    by_method = part.set_index("method")
+    digits = digits_for(unit)
+    return [fmt_ci(*by_method.loc[m, ["estimate", "ci_low", "ci_high"]], digits=digits) if m in by_method.index else "–"
+            for m in analysis.run.methods]
+
+
+def context(analysis: Analysis) -> dict[str, Any]:
+    run, options = analysis.run, analysis.options
+    spec = {s.name: s for s in analysis.specs}
+    primary = spec[analysis.primary]
+    per_site = analysis.per_site
+    sites, site_columns = _site_rows(analysis)
+    primary_rows, all_tables = [], []
+    for site in run.site_names:
+        first = per_site[(per_site["site"] == site)].iloc[0]
+        primary_rows.append({"site": site, "n": first["n_cases"], "note": first["note"],
+                             "cells": _metric_cells(analysis, site, primary.name, primary.unit)})
+        all_tables.append({"name": site, "n": first["n_cases"], "note": first["note"], "rows": [
+            {"label": s.label + (f" ({s.unit})" if s.unit else ""), "cells": _metric_cells(analysis, site, s.name, s.unit)}
+            for s in analysis.specs
+        ]})
+    aggregate_rows = []
+    for row in analysis.aggregates.itertuples():
+        digits = digits_for(spec[row.metric].unit)
+        if row.metric != primary.name and row.metric not in {s.name for s in analysis.specs if s.compare}:
+            continue
+        aggregate_rows.append({
+            "method": row.method, "label": row.label, "n_sites": row.n_sites, "site_mean": fmt(row.site_mean, digits),
+            "site_median": fmt(row.site_median, digits),
+            "worst": f"{fmt(row.worst, digits)} ({row.worst_site})" if row.worst_site else "–",
+            "case_weighted_mean": fmt(row.case_weighted_mean, digits), "pooled": fmt(row.pooled, digits),
+        })
+    comparisons = analysis.comparisons
+    forest = []
+    for site in run.site_names:
+        part = comparisons[comparisons["site"] == site]
+        svg = plots.forest_plot(part, analysis.specs, options.confidence) if len(part) else None
+        reason = part["note"].iloc[0] if len(part) and part["note"].iloc[0] else "nothing to compare"
+        forest.append({"name": site, "svg": svg, "reason": reason})
+    comparison_rows = []
+    for row in comparisons.itertuples():
+        digits = digits_for(row.unit)
+        comparison_rows.append({
+            "site": row.site, "label": row.label, "method": row.method, "baseline": row.baseline,
+            "difference": fmt_ci(row.difference, row.ci_low, row.ci_high, digits), "test": row.test,
+            "p": fmt_p(row.p_value), "p_adjusted": fmt_p(row.p_adjusted),
+            "significant": bool(np.isfinite(row.p_adjusted) and row.p_adjusted < 0.05),
+            "effect": f"{fmt(row.effect_size, 2)} ({row.effect_size_name})" if row.effect_size_name else "–",
+            "note": row.note,
+        })
+    boxplots = None
+    if run.task_kind == "segmentation":
+        boxplots = plots.segmentation_boxplots(run.records, analysis.shown_sites, options.split)
+    used_tests = sorted({s.test for s in analysis.specs if s.compare and s.test})
+    return {
+        "title": run.name, "task_label": TASK_LABELS.get(run.task_kind, run.task_kind), "split": options.split,
+        "methods": run.methods, "baselines": analysis.baselines, "confidence_pct": f"{options.confidence:.0%}",
+        "primary_label": primary.label, "primary_unit": primary.unit, "primary_higher": primary.higher_is_better,
+        "sites": sites, "site_columns": site_columns,
+        "estimates_svg": plots.estimates_plot(per_site, primary, run.methods, options.confidence),
+        "primary_rows": primary_rows, "all_metric_tables": all_tables, "ci_method_name": CI_NAMES[options.ci_method],
+        "aggregate_rows": aggregate_rows, "forest": forest, "comparison_rows": comparison_rows,
+        "correction_name": CORRECTIONS[options.correction],
+        "curves_svg": plots.learning_curves(run.rounds, run.site_names, primary),
+        "boxplots": boxplots, "hidden_sites": [s for s in run.site_names if s not in analysis.shown_sites],
+        "n_resamples": options.n_resamples, "stratified": run.task_kind in ("classification", "anomaly"),
+        "tests": [TEST_TEXT[t] for t in used_tests], "min_ci_cases": options.min_ci_cases, "seed": options.seed,
+        "sources": [str(p) for p in run.paths],
+    }
+
+
+def render_html(analysis: Analysis) -> str:
+    return _environment().get_template("report.html.j2").render(**context(analysis))
+
+
+__all__ = ["context", "render_html"]

@@ -1,0 +1,171 @@
+"""Report figures as inline SVG text (matplotlib, Agg backend; no files, no network).
+
+Every figure is deterministic: fixed SVG hash salt, no timestamp in the metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from medfed.metrics.segmentation import REGIONS
+from medfed.report.metrics import MetricSpec
+
+STYLE = {
+    "svg.fonttype": "none", "svg.hashsalt": "medfed", "font.size": 9, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 96,
+}
+
+
+def method_colours(methods: Sequence[str]) -> dict[str, str]:
+    palette = plt.get_cmap("tab10").colors
+    return {m: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, m in enumerate(methods)}
+
+
+def to_svg(figure: plt.Figure) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(figure)
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]  # drop the XML prolog and doctype for inline use
+    return re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.DOTALL)
+
+
+def _p_text(p: float) -> str:
+    if not np.isfinite(p):
+        return "P n/a"
+    return "P < 0.001" if p < 0.001 else f"P = {p:.3f}"
+
+
+def forest_plot(comparisons: pd.DataFrame, specs: Sequence[MetricSpec], confidence: float) -> str | None:
+    """Difference to the baseline (dot) with its paired-bootstrap CI (bar), one row per comparison and
+    metric, corrected P at the right; ``None`` when nothing could be compared."""
+    wanted = {s.name: s for s in specs if s.compare and not s.unit}
+    rows = comparisons[comparisons["metric"].isin(wanted) & np.isfinite(comparisons["difference"].astype(float))]
+    if rows.empty:
+        return None
+    with plt.rc_context(STYLE):
+        height = 0.9 + 0.32 * len(rows)
+        figure, axis = plt.subplots(figsize=(7.5, height))
+        y = np.arange(len(rows))[::-1]
+        diff = rows["difference"].to_numpy(dtype=float)
+        low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+        significant = rows["p_adjusted"].to_numpy(dtype=float) < 0.05
+        colours = np.where(significant, "#1f6fb4", "#555555")
+        axis.hlines(y, low, high, colors=colours, linewidth=2)
+        axis.scatter(diff, y, c=colours, zorder=3, s=22)
+        axis.axvline(0, color="black", linewidth=0.8)
+        labels = [f"{r.method} vs {r.baseline} — {wanted[r.metric].label}" for r in rows.itertuples()]
+        axis.set_yticks(y, labels)
+        axis.set_xlabel(f"difference to baseline (method − baseline), {confidence:.0%} CI")
+        axis.grid(axis="y", visible=False)
+        for yi, row in zip(y, rows.itertuples(), strict=True):
+            axis.annotate(f"corrected {_p_text(row.p_adjusted)} ({row.test})", xy=(1.01, yi), xycoords=("axes fraction", "data"),
+                          va="center", fontsize=8)
+        return to_svg(figure)
+
+
+def estimates_plot(per_site: pd.DataFrame, metric: MetricSpec, methods: Sequence[str], confidence: float) -> str | None:
+    """Each site's estimate (dot) and CI (bar) per method, for one metric."""
+    rows = per_site[(per_site["metric"] == metric.name) & np.isfinite(per_site["estimate"].astype(float))]
+    if rows.empty:
+        return None
+    sites = list(dict.fromkeys(rows["site"]))
+    colours = method_colours(methods)
+    with plt.rc_context(STYLE):
+        figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(sites) + 2), 3.4))
+        width = 0.8 / max(len(methods), 1)
+        for i, method in enumerate(methods):
+            part = rows[rows["method"] == method].set_index("site").reindex(sites)
+            x = np.arange(len(sites)) - 0.4 + width * (i + 0.5)
+            est = part["estimate"].to_numpy(dtype=float)
+            low, high = part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float)
+            has_ci = np.isfinite(low) & np.isfinite(high)
+            axis.errorbar(x[has_ci], est[has_ci], yerr=[est[has_ci] - low[has_ci], high[has_ci] - est[has_ci]],
+                          fmt="none", ecolor=colours[method], elinewidth=1.5)
+            axis.scatter(x, est, color=colours[method], label=method, zorder=3, s=20)
+        axis.set_xticks(np.arange(len(sites)), sites)
+        axis.set_ylabel(f"{metric.label}{f' ({metric.unit})' if metric.unit else ''}")
+        axis.set_title(f"{metric.label} per site, {confidence:.0%} CI", fontsize=9)
+        axis.legend(fontsize=8, frameon=False, ncol=min(len(methods), 4), loc="upper center",
+                    bbox_to_anchor=(0.5, -0.12))
+        return to_svg(figure)
+
+
+def learning_curves(
+    rounds: dict[str, list[dict]], sites: Sequence[str], metric: MetricSpec, split: str = "val"
+) -> str | None:
+    """Per site (one panel each): ``metric`` on the site's ``split`` after the rounds the runner evaluated."""
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for method, entries in rounds.items():
+        for entry in entries:
+            for site in sites:
+                value = ((entry.get("eval") or {}).get(site) or {}).get(split, {}).get(metric.name)
+                if value is not None:
+                    xs, ys = series.setdefault(site, {}).setdefault(method, ([], []))
+                    xs.append(int(entry["round"]))
+                    ys.append(float(value))
+    shown = [s for s in sites if s in series]
+    if not shown:
+        return None
+    colours = method_colours(list(rounds))
+    columns = min(len(shown), 3)
+    rows_n = int(np.ceil(len(shown) / columns))
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(rows_n, columns, figsize=(3.2 * columns, 2.6 * rows_n), squeeze=False,
+                                    sharey=True)
+        for axis, site in zip(axes.ravel(), shown, strict=False):
+            for method, (xs, ys) in series[site].items():
+                axis.plot(xs, ys, marker="o", markersize=3, color=colours[method], label=method)
+            axis.set_title(site, fontsize=9)
+            axis.set_xlabel("round")
+        for axis in axes.ravel()[len(shown):]:
+            axis.set_visible(False)
+        axes[0, 0].set_ylabel(f"{metric.label} ({split})")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False,
+                      bbox_to_anchor=(0.5, -0.04), fontsize=8)
+        figure.tight_layout(rect=(0, 0.05, 1, 1))
+        return to_svg(figure)
+
+
+def segmentation_boxplots(records: dict[str, pd.DataFrame], sites: Sequence[str], split: str = "test") -> str | None:
+    """Per-case Dice (top) and HD95 in mm (bottom) per region; boxes per site, one colour per method."""
+    if not sites:
+        return None
+    methods = list(records)
+    colours = method_colours(methods)
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(2, len(REGIONS), figsize=(3.6 * len(REGIONS), 5.6), squeeze=False)
+        width = 0.8 / len(methods)
+        for column, region in enumerate(REGIONS):
+            for row, (value, label) in enumerate((("dice", "Dice"), ("hd95", "HD95 (mm)"))):
+                axis = axes[row, column]
+                for i, method in enumerate(methods):
+                    frame = records[method]
+                    part = frame[(frame["split"] == split) & (frame["region"] == region)]
+                    data = [part.loc[part["site"].astype(str) == s, value].to_numpy(dtype=float) for s in sites]
+                    data = [d[np.isfinite(d)] for d in data]
+                    positions = np.arange(len(sites)) - 0.4 + width * (i + 0.5)
+                    keep = [j for j, d in enumerate(data) if d.size]
+                    if keep:
+                        box = axis.boxplot([data[j] for j in keep], positions=positions[keep], widths=width * 0.85,
+                                           patch_artist=True, showfliers=True, flierprops={"markersize": 3})
+                        for patch in box["boxes"]:
+                            patch.set_facecolor(colours[method])
+                            patch.set_alpha(0.7)
+                axis.set_xticks(np.arange(len(sites)), sites)
+                axis.set_title(f"{region}: {label}", fontsize=9)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m], alpha=0.7) for m in methods]
+        figure.legend(handles, methods, loc="lower center", ncol=min(len(methods), 4), frameon=False,
+                      bbox_to_anchor=(0.5, -0.03), fontsize=8)
+        figure.tight_layout(rect=(0, 0.04, 1, 1))
+        return to_svg(figure)

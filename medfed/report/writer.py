@@ -1,0 +1,85 @@
+"""Write a report: ``report.html``, ``per_site.csv``, ``comparisons.csv``, ``summary.json``, ``summary.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medfed.errors import MedfedError
+from medfed.report.analysis import Analysis, ReportOptions, analyse
+from medfed.report.html import render_html
+from medfed.report.markdown import render_markdown
+from medfed.report.run_data import load_run, merge_runs
+from medfed.synth.common import atomic_write_text
+
+REPORT_FILES = ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md")
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    analysis: Analysis
+
+    @property
+    def html(self) -> Path:
+        return self.out / "report.html"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summary_dict(analysis: Analysis) -> dict[str, Any]:
+    run = analysis.run
+    comparisons = analysis.comparisons
+    significant = comparisons[comparisons["p_adjusted"].astype(float) < 0.05] if len(comparisons) else comparisons
+    return _clean({
+        "experiment": run.name, "task": run.task_kind, "primary_metric": analysis.primary,
+        "methods": run.methods, "baselines": analysis.baselines, "options": asdict(analysis.options),
+        "sites": [{"site": s["site"], "test_cases": s.get("splits", {}).get("test"),
+                   "shown": s["site"] in analysis.shown_sites} for s in run.sites],
+        "aggregates": analysis.aggregates.to_dict(orient="records"),
+        "significant_comparisons": significant.to_dict(orient="records"),
+        "n_comparisons_tested": int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0,
+        "sources": [str(p) for p in run.paths],
+    })
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format="%.6g")
+
+
+def write_report(
+    run_dirs: list[Path | str], out: Path | str | None = None, options: ReportOptions | None = None
+) -> ReportResult:
+    """Analyse one run directory (or several on the same federation, merged) and write the report files into
+    ``out`` (default: the run directory itself; required when merging several)."""
+    if not run_dirs:
+        raise MedfedError("give at least one run directory")
+    if out is None:
+        if len(run_dirs) > 1:
+            raise MedfedError("several run directories are merged into one report: give --out for it")
+        out = run_dirs[0]
+    out = Path(out)
+    analysis = analyse(merge_runs([load_run(p) for p in run_dirs]), options)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "per_site.csv", _csv(analysis.per_site))
+    atomic_write_text(out / "comparisons.csv", _csv(analysis.comparisons))
+    atomic_write_text(out / "summary.json", json.dumps(summary_dict(analysis), indent=1))
+    atomic_write_text(out / "summary.md", render_markdown(analysis))
+    atomic_write_text(out / "report.html", render_html(analysis))
+    return ReportResult(out, analysis)

@@ -1,0 +1,273 @@
+"""medfed.report on run directories written here (synthetic per-case records) and by the real runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from medfed.cli import main
+from medfed.errors import MedfedError
+from medfed.metrics.segmentation import REGIONS
+from medfed.report import ReportOptions, analyse, load_run, write_report
+from medfed.report.cases import site_cases
+from medfed.report.metrics import PRIMARY
+from medfed.seeding import rng_for
+from medfed.stats import point_estimate
+from medfed.tasks import TASKS, build_task
+from medfed.tasks.anomaly import AnomalyConfig
+from medfed.tasks.classification import ClassificationConfig
+from medfed.tasks.segmentation import SegmentationConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SITES = {"big": 80, "mid": 30, "small": 8, "tiny": 3}  # test cases per site; min_count 5, CIs from 10
+
+
+# ----------------------------------------------------------------- synthetic run directories
+def _classification_records(rng, site: str, n: int, split: str, method: str) -> pd.DataFrame:
+    target = (np.arange(n) % 3 == 0).astype(int)  # every site has both classes
+    skill = {"strong": 3.0, "weak": 0.3}.get(method, 1.0)
+    noise = rng_for(0, site, split, method).normal(size=n)
+    score = 1 / (1 + np.exp(-(skill * (2 * target - 1) + noise)))
+    return pd.DataFrame({"case_id": [f"{site}-{split}-{i:03d}" for i in range(n)], "label": "Pneumonia",
+                         "score": score, "target": target.astype(float), "prediction": (score >= 0.5).astype(int)})
+
+
+def _segmentation_records(rng, site: str, n: int, split: str, method: str) -> pd.DataFrame:
+    local = rng_for(0, site, split, method)
+    base = {"strong": 0.85, "weak": 0.6}.get(method, 0.7)
+    rows = []
+    for i in range(n):
+        for region in REGIONS:
+            dice = float(np.clip(base + 0.08 * local.normal(), 0, 1))
+            hd95 = float("nan") if (i == 0 and region == "ET") else float(30 * (1 - dice) + local.random())
+            rows.append({"case_id": f"{site}-{split}-{i:03d}", "region": region, "dice": dice, "hd95": hd95,
+                         "pred_voxels": 10, "target_voxels": 12})
+    return pd.DataFrame(rows)
+
+
+def make_run(root: Path, kind: str = "classification", methods=("weak", "fedavg", "strong"), sites=SITES,
+             name: str = "synthetic") -> Path:
+    """A run directory as `medfed run` writes it, from synthetic per-case records (no training)."""
+    out = root / name
+    (out / "predictions").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    make = _classification_records if kind == "classification" else _segmentation_records
+    config = {"name": name, "task": {"kind": kind}, "methods": [{"strategy": m, "name": None} for m in methods]}
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    summaries = [{"site": s, "modality": "x", "cases": n * 2 if n * 2 >= 5 else "<5",
+                  "splits": {"train": 0, "val": n if n >= 5 else "<5", "test": n if n >= 5 else "<5"},
+                  "labels": {}, "metadata": {"scanner": {"A": n * 2}}, "min_count": 5} for s, n in sites.items()]
+    (out / "sites.json").write_text(json.dumps(summaries))
+    for method in methods:
+        frames = [make(rng, s, n, split, method).assign(site=s, split=split, threshold=0.5, model="global")
+                  for s, n in sites.items() for split in ("val", "test")]
+        pd.concat(frames).to_csv(out / "predictions" / f"{method}.csv", index=False)
+        run = out / "runs" / method
+        run.mkdir(parents=True)
+        metric = PRIMARY[kind]
+        lines = [json.dumps({"round": r, "eval": {s: {"val": {metric: 0.5 + 0.1 * r}} for s in sites}}) for r in (1, 2, 3)]
+        (run / "rounds.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("cls"))
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("seg"), kind="segmentation")
+
+
+# ----------------------------------------------------------------- the numbers
+def test_point_estimates_equal_the_task_metrics_for_every_task_kind():
+    rng = np.random.default_rng(0)
+    tasks = {
+        "classification": build_task(ClassificationConfig(labels=["A", "B"])),
+        "anomaly": build_task(AnomalyConfig(normal_classes=["n"])),
+        "segmentation": build_task(SegmentationConfig()),
+    }
+    for kind, task in tasks.items():
+        assert PRIMARY[kind] == TASKS[kind].primary_metric if hasattr(TASKS[kind], "primary_metric") else True
+        if kind == "classification":
+            a, b = _classification_records(rng, "s", 40, "test", "fedavg"), _classification_records(rng, "s", 40, "test", "weak")
+            records = pd.concat([a, b.assign(label="B", target=np.where(np.arange(40) % 7 == 0, -1.0, b["target"]))])
+        elif kind == "anomaly":
+            records = _classification_records(rng, "s", 40, "test", "fedavg").drop(columns="label")
+        else:
+            records = _segmentation_records(rng, "s", 12, "test", "fedavg")
+        expected = task.metrics(records)
+        cases = site_cases(kind, "s", {"m": records})
+        for metric, value in expected.items():
+            got = point_estimate(cases.statistics[("m", metric)])
+            assert got == pytest.approx(value, nan_ok=True, abs=1e-12), (kind, metric)
+
+
+def test_per_site_rows_suppress_small_sites_and_withhold_meaningless_cis(classification_run):
+    analysis = analyse(load_run(classification_run))
+    rows = analysis.per_site[analysis.per_site["metric"] == "auroc"].set_index(["site", "method"])
+    tiny = rows.loc["tiny"]
+    assert tiny["estimate"].isna().all() and (tiny["n_cases"] == "<5").all() and tiny["note"].str.contains("suppressed").all()
+    small = rows.loc["small"]
+    assert small["estimate"].notna().all() and small["ci_low"].isna().all()
+    assert small["note"].str.contains("too few test cases for a CI").all()
+    big = rows.loc["big"]
+    assert ((big["ci_low"] <= big["estimate"]) & (big["estimate"] <= big["ci_high"])).all()
+    assert (big["ci_method"] == "bca").all()
+    assert analysis.shown_sites == ["big", "mid", "small"]
+
+
+def test_comparisons_find_the_large_effect_with_named_tests_and_correction(classification_run):
+    analysis = analyse(load_run(classification_run), ReportOptions(baselines=("weak",)))
+    comp = analysis.comparisons.set_index(["site", "method", "baseline"])
+    strong = comp.loc[("big", "strong", "weak")]
+    assert strong["test"] == "DeLong" and strong["difference"] > 0.2
+    assert strong["p_value"] < 0.01 and strong["p_adjusted"] < 0.01 and strong["ci_low"] > 0
+    assert strong["correction"] == "Holm-Bonferroni over 4 tests of auroc (sites x 2 comparisons)"
+    assert np.isnan(comp.loc[("tiny", "strong", "weak"), "p_value"])  # not tested, not in the family
+    # Holm can only raise P-values
+    tested = analysis.comparisons.dropna(subset=["p_value"])
+    assert (tested["p_adjusted"] >= tested["p_value"] - 1e-15).all()
+
+
+def test_across_site_summary_matches_the_per_site_rows(classification_run):
+    analysis = analyse(load_run(classification_run))
+    per_site = analysis.per_site[(analysis.per_site["metric"] == "auroc") & (analysis.per_site["method"] == "weak")]
+    row = analysis.aggregates.set_index(["method", "metric"]).loc[("weak", "auroc")]
+    shown = per_site.dropna(subset=["estimate"])
+    assert row["n_sites"] == 3 and row["site_mean"] == pytest.approx(shown["estimate"].mean())
+    assert row["worst"] == pytest.approx(shown["estimate"].min())
+    weights = shown["site"].map(SITES)
+    assert row["case_weighted_mean"] == pytest.approx((shown["estimate"] * weights).sum() / weights.sum())
+
+
+def test_baselines_default_normalise_and_reject_unknown(classification_run):
+    run = load_run(classification_run)
+    assert analyse(run).baselines == ["fedavg"]  # the default baseline that was run
+    assert analyse(run, ReportOptions(baselines=("Fed-Avg".replace("-", ""),))).baselines == ["fedavg"]
+    with pytest.raises(MedfedError, match="not among the methods"):
+        analyse(run, ReportOptions(baselines=("local-only",)))
+
+
+def test_report_files_are_deterministic_and_the_seed_matters(classification_run, tmp_path):
+    a = write_report([classification_run], tmp_path / "a")
+    b = write_report([classification_run], tmp_path / "b")
+    c = write_report([classification_run], tmp_path / "c", ReportOptions(seed=1))
+    for name in ("per_site.csv", "comparisons.csv", "summary.md", "report.html"):
+        assert (a.out / name).read_bytes() == (b.out / name).read_bytes(), name
+    assert (a.out / "per_site.csv").read_bytes() != (c.out / "per_site.csv").read_bytes()
+    summary = json.loads((a.out / "summary.json").read_text())
+    assert summary["options"]["n_resamples"] == 1000 and summary["primary_metric"] == "auroc"
+    assert {s["site"] for s in summary["sites"]} == set(SITES)
+
+
+def test_report_page_shows_every_site_and_no_case_identifier(classification_run, tmp_path):
+    result = write_report([classification_run], tmp_path / "r")
+    html = result.html.read_text()
+    for site in SITES:
+        assert f">{site}<" in html
+    records = pd.read_csv(classification_run / "predictions" / "weak.csv")
+    for text in (html, *(p.read_text() for p in result.out.glob("*.*"))):
+        assert not any(case_id in text for case_id in records["case_id"].unique()[:50])
+    assert "<script" not in html and not any(f'{attr}="http' in html for attr in ("src", "href"))
+    assert html.count("<svg") >= 3  # estimates, forest plots, learning curves
+
+
+def test_segmentation_report_has_wilcoxon_comparisons_and_boxplots(segmentation_run, tmp_path):
+    result = write_report([segmentation_run], tmp_path / "seg")
+    comp = result.analysis.comparisons
+    dice = comp[(comp["metric"] == "dice_mean") & (comp["site"] == "big") & (comp["method"] == "strong")]
+    assert (dice["test"] == "Wilcoxon signed-rank").all() and (dice["p_value"] < 0.001).all()
+    assert (dice["effect_size_name"] == "matched-pairs rank-biserial r").all() and (dice["effect_size"] > 0.9).all()
+    html = result.html.read_text()
+    assert 'id="boxplots"' in html and "Not shown (too few test cases): tiny" in html
+
+
+def test_merged_runs_and_bad_run_directories_give_clear_errors(classification_run, tmp_path):
+    other = make_run(tmp_path, methods=("weak", "newmethod"), name="second")
+    merged = write_report([classification_run, other], tmp_path / "merged")
+    assert merged.analysis.run.methods == ["synthetic/weak", "fedavg", "strong", "second/weak", "newmethod"]
+    with pytest.raises(MedfedError, match="give --out"):
+        write_report([classification_run, other])
+    elsewhere = make_run(tmp_path, sites={"x": 12}, name="third")
+    with pytest.raises(MedfedError, match="only runs on the same federation"):
+        write_report([classification_run, elsewhere], tmp_path / "bad")
+    broken = tmp_path / "broken"
+    shutil.copytree(classification_run, broken)
+    (broken / "sites.json").unlink()
+    with pytest.raises(MedfedError, match="sites.json: missing"):
+        load_run(broken)
+    shutil.copytree(classification_run, tmp_path / "mismatch")
+    frame = pd.read_csv(tmp_path / "mismatch" / "predictions" / "strong.csv")
+    frame = frame[frame["case_id"] != "big-test-001"]
+    frame.to_csv(tmp_path / "mismatch" / "predictions" / "strong.csv", index=False)
+    with pytest.raises(MedfedError, match="site big: method strong was evaluated on other cases"):
+        analyse(load_run(tmp_path / "mismatch"))
+
+
+def test_report_command_exit_codes(classification_run, tmp_path, capsys):
+    target = tmp_path / "cli"
+    shutil.copytree(classification_run, target)
+    assert main(["report", str(target), "--baseline", "weak", "--resamples", "200", "--ci", "percentile"]) == 0
+    assert "report:" in capsys.readouterr().out and (target / "report.html").is_file()
+    assert main(["report", str(target), "--baseline", "nobody"]) == 1
+    assert "not among the methods" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 1
+
+
+# ----------------------------------------------------------------- the page in a real browser
+def chromium() -> str:
+    """Debian's chromium; installed here when missing (CI runs as root with Debian's package archive)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True, timeout=900)
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
+
+
+def load_in_browser(browser: str, page: Path, screenshot: Path | None = None) -> tuple[str, list[str]]:
+    """The page's DOM after load, and the problems the browser logged: console messages and any resource
+    other than the page itself (a self-contained report loads nothing else)."""
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+             "--v=1", f"--user-data-dir={page.parent / '.chromium'}"]
+    url = page.resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True)
+    problems = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    problems += [line for line in dom.stderr.splitlines()
+                 if ("FileURLLoader::Start" in line and url not in line) or "URLLoader::Start: http" in line]
+    if screenshot is not None:
+        subprocess.run([*flags[:5], f"--user-data-dir={page.parent / '.chromium'}", "--window-size=1200,3400",
+                        f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+    return dom.stdout, problems
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium_without_errors(classification_run, tmp_path):
+    browser = chromium()
+    result = write_report([classification_run], tmp_path / "browser")
+    artifacts = Path(os.environ.get("MEDFED_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    dom, problems = load_in_browser(browser, result.html, artifacts / "report.png")
+    assert problems == []
+    assert "Results per site" in dom
+    for site in SITES:
+        assert f">{site}<" in dom
+    assert (artifacts / "report.png").stat().st_size > 10_000
+    # the check itself can fail: a page with a script error and a missing image is caught
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><img src="missing.png"><script>console.error("x"); nope();</script></body></html>')
+    _, bad_problems = load_in_browser(browser, bad)
+    assert any("CONSOLE" in p for p in bad_problems) and any("missing.png" in p for p in bad_problems)
