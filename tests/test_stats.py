@@ -199,3 +199,17 @@ def test_across_sites_by_hand():
     assert out["case_weighted_mean"] == pytest.approx((90 + 6 + 30) / 150)
     lower = across_sites(["a", "b"], [5.0, 9.0], [10, 10], higher_is_better=False)
     assert lower["worst_site"] == "b"
+
+
+def test_undefined_inputs_give_undefined_statistics_not_numbers():
+    # a diverged model's NaN score leaves the AUROC undefined, as medfed.metrics.auroc says
+    scores, targets = np.array([0.1, np.nan, 0.7, 0.9]), np.array([0, 0, 1, 1])
+    assert np.isnan(point_estimate(AurocStatistic(scores, targets))) and np.isnan(auroc(scores, targets))
+    # DeLong without variance: equal AUROCs agree, a difference has no P-value
+    targets = np.array([1, 1, 0, 0])
+    constant, perfect = np.full(4, 0.5), np.array([0.9, 0.8, 0.2, 0.1])
+    result = delong_test(constant, perfect, targets)
+    assert result.difference == -0.5 and np.isnan(result.p_value)
+    assert delong_test(perfect, perfect, targets).p_value == 1.0
+    # Wilcoxon counts only the pairs it tests (zero differences dropped)
+    assert paired_wilcoxon(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 1.0, 1.0, 1.0])).n_pairs == 3

@@ -73,7 +73,8 @@ def bca_interval(
 
     ``z0 = Φ⁻¹(#{θ* < θ̂}/B + #{θ* = θ̂}/(2B))`` (bias), ``a = Σ d_i³ / (6 (Σ d_i²)^{3/2})`` with
     ``d_i = mean(θ_(·)) - θ_(i)`` (acceleration), and levels ``Φ(z0 + (z0 + z_α) / (1 - a (z0 + z_α)))``.
-    Falls back to the percentile interval when ``z0`` or ``a`` is not finite (e.g. a degenerate sample).
+    Falls back to the percentile interval when ``z0`` or ``a`` is not finite (e.g. a degenerate sample) or when
+    ``1 - a (z0 + z_α) <= 0`` (an acceleration so large that the adjusted levels would cross).
     """
     values = distribution[np.isfinite(distribution)]
     jack = jackknife[np.isfinite(jackknife)]
@@ -87,9 +88,10 @@ def bca_interval(
     if not (np.isfinite(z0) and np.isfinite(a)):
         return percentile_interval(values, confidence)
     alpha = (1 - confidence) / 2
-    levels = []
-    for z in (ndtri(alpha), ndtri(1 - alpha)):
-        levels.append(float(ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))))
+    shifted = [z0 + z for z in (ndtri(alpha), ndtri(1 - alpha))]
+    if any(1 - a * w <= 0 for w in shifted):  # acceleration too large: the adjusted levels would cross over
+        return percentile_interval(values, confidence)
+    levels = [float(ndtr(z0 + w / (1 - a * w))) for w in shifted]
     low, high = np.quantile(values, levels)
     return float(low), float(high)
 

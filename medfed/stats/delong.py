@@ -63,10 +63,10 @@ def delong_test(
     auroc_a, auroc_b = float(v10_a.mean()), float(v10_b.mean())
     difference = auroc_a - auroc_b
     se = float(np.sqrt(variance))
-    if se == 0.0:
-        z = 0.0 if difference == 0 else float(np.sign(difference) * np.inf)
+    if se == 0.0:  # no variance: equal AUROCs agree (P = 1); a difference has no estimable uncertainty
+        z = 0.0 if difference == 0 else nan
     else:
         z = difference / se
-    p_value = float(2 * ndtr(-abs(z)))
+    p_value = float(2 * ndtr(-abs(z))) if np.isfinite(z) else nan
     half = float(ndtri(0.5 + confidence / 2)) * se
     return DeLongResult(auroc_a, auroc_b, difference, se, float(z), p_value, difference - half, difference + half, m, n)

@@ -10,6 +10,8 @@ from scipy.stats import rankdata, wilcoxon
 
 @dataclass(frozen=True)
 class WilcoxonResult:
+    """``n_pairs``: pairs the test used (finite on both sides, non-zero difference)."""
+
     statistic: float
     p_value: float
     n_pairs: int
@@ -19,7 +21,8 @@ class WilcoxonResult:
 
 def rank_biserial(differences: np.ndarray) -> float:
     """Matched-pairs rank-biserial correlation ``r = (W⁺ - W⁻) / (W⁺ + W⁻)`` over non-zero differences
-    ranked by absolute value (Kerby 2014): +1 when every case favours A, -1 when every case favours B."""
+    ``a - b`` ranked by absolute value (Kerby 2014): +1 when every case has ``a > b``, -1 when every case has
+    ``a < b`` (for a lower-is-better metric such as HD95, +1 means A is worse)."""
     d = differences[differences != 0]
     if d.size == 0:
         return 0.0
@@ -35,8 +38,8 @@ def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> WilcoxonResult:
         raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
     keep = np.isfinite(a) & np.isfinite(b)
     d = a[keep] - b[keep]
-    n = int(d.size)
-    if n == 0 or not np.any(d != 0):
-        return WilcoxonResult(float("nan"), 1.0 if n else float("nan"), n, 0.0, 0.0 if n else float("nan"))
+    used = int(np.count_nonzero(d))
+    if d.size == 0 or used == 0:  # no pair, or every pair equal: nothing to test (P = 1 when all equal)
+        return WilcoxonResult(float("nan"), 1.0 if d.size else float("nan"), 0, 0.0, 0.0 if d.size else float("nan"))
     result = wilcoxon(d, alternative="two-sided")
-    return WilcoxonResult(float(result.statistic), float(result.pvalue), n, rank_biserial(d), float(np.median(d)))
+    return WilcoxonResult(float(result.statistic), float(result.pvalue), used, rank_biserial(d), float(np.median(d)))

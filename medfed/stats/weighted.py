@@ -73,10 +73,12 @@ class AurocStatistic:
         self._below = np.searchsorted(neg_scores, scores[self._pos], side="left")
         self._upto = np.searchsorted(neg_scores, scores[self._pos], side="right")
         self._ties = bool(np.any(self._below != self._upto))
+        # a non-finite score of a scored case leaves the ranking undefined (as medfed.metrics.auroc gives NaN)
+        self._undefined = not np.all(np.isfinite(scores[targets >= 0]))
 
     def __call__(self, block: Resamples | np.ndarray) -> np.ndarray:
         counts = as_resamples(block).counts
-        if self._pos.size == 0 or self._neg.size == 0:
+        if self._pos.size == 0 or self._neg.size == 0 or self._undefined:
             return np.full(counts.shape[0], np.nan)
         exact = np.result_type(counts.dtype, np.int64)  # integer counts stay exact
         cumulative = np.zeros((counts.shape[0], self._neg.size + 1), dtype=exact)
