@@ -75,6 +75,9 @@ def make_run(root: Path, kind: str = "classification", methods=("weak", "fedavg"
         metric = PRIMARY[kind]
         lines = [json.dumps({"round": r, "eval": {s: {"val": {metric: 0.5 + 0.1 * r}} for s in sites}}) for r in (1, 2, 3)]
         (run / "rounds.jsonl").write_text("\n".join(lines) + "\n")
+    pooled = [{"method": m, "model": "global", "site": "pooled", "split": "test", "metric": PRIMARY[kind], "value": 0.9,
+               "n_cases": sum(sites.values()), "suppressed": False} for m in methods]
+    pd.DataFrame(pooled).to_csv(out / "metrics.csv", index=False)
     return out
 
 
@@ -271,3 +274,48 @@ def test_report_renders_in_headless_chromium_without_errors(classification_run, 
     bad.write_text('<html><body><img src="missing.png"><script>console.error("x"); nope();</script></body></html>')
     _, bad_problems = load_in_browser(browser, bad)
     assert any("CONSOLE" in p for p in bad_problems) and any("missing.png" in p for p in bad_problems)
+
+
+# ----------------------------------------------------------------- review fixes: strata, privacy, ground truth
+def test_multi_label_and_uncertain_cases_still_get_cis(tmp_path):
+    out = make_run(tmp_path, methods=("weak", "strong"), sites={"big": 60, "mid": 30})
+    for method in ("weak", "strong"):
+        path = out / "predictions" / f"{method}.csv"
+        single = pd.read_csv(path)
+        second = single.assign(label="Effusion", target=np.where(np.arange(len(single)) % 5 == 0, 1.0, 0.0))
+        second.loc[second.index % 17 == 0, "target"] = -1.0  # uncertain findings, masked
+        pd.concat([single, second]).to_csv(path, index=False)
+    analysis = analyse(load_run(out))
+    rows = analysis.per_site.set_index(["site", "method", "metric"])
+    for metric in ("auroc", "auroc/Pneumonia", "auroc/Effusion"):
+        assert np.isfinite(rows.loc[("big", "strong", metric), "ci_low"]), metric
+    single_uncertain = make_run(tmp_path / "u", methods=("weak", "strong"), sites={"big": 60})
+    for method in ("weak", "strong"):
+        path = single_uncertain / "predictions" / f"{method}.csv"
+        frame = pd.read_csv(path)
+        frame.loc[frame["case_id"] == "big-test-001", "target"] = -1.0
+        frame.to_csv(path, index=False)
+    rows = analyse(load_run(single_uncertain)).per_site.set_index(["site", "method", "metric"])
+    assert np.isfinite(rows.loc[("big", "strong", "auroc"), "ci_low"])
+
+
+def test_pooled_values_and_totals_are_withheld_when_a_site_is_suppressed(classification_run, tmp_path):
+    analysis = analyse(load_run(classification_run))  # site "tiny" is suppressed
+    assert analysis.pooled_withheld and analysis.aggregates["pooled"].isna().all()
+    html = write_report([classification_run], tmp_path / "w").html.read_text()
+    assert "Pooled values are withheld" in html
+    tiny_row = next(line for line in html.splitlines() if line.startswith("<tr><td>tiny</td>"))
+    assert '<td class="num">≥5</td>' in tiny_row and tiny_row.endswith("<td>A</td></tr>")  # total and counts hidden
+    complete = make_run(tmp_path, sites={"big": 80, "mid": 30}, name="complete")
+    analysis = analyse(load_run(complete))
+    assert not analysis.pooled_withheld and (analysis.aggregates.query("metric == 'auroc'")["pooled"] == 0.9).all()
+
+
+def test_methods_with_different_ground_truth_are_refused(classification_run, tmp_path):
+    shutil.copytree(classification_run, tmp_path / "truth")
+    path = tmp_path / "truth" / "predictions" / "strong.csv"
+    frame = pd.read_csv(path)
+    frame.loc[frame["case_id"] == "mid-test-002", "target"] = 1 - frame.loc[frame["case_id"] == "mid-test-002", "target"]
+    frame.to_csv(path, index=False)
+    with pytest.raises(MedfedError, match="site mid: method strong has other targets for Pneumonia"):
+        analyse(load_run(tmp_path / "truth"))

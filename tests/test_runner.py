@@ -61,8 +61,12 @@ def test_run_directory_cross_site_matrix_and_suppression(chest, tmp_path):
     for model in (f"local:{s}" for s in sites):
         assert set(local.loc[local["model"] == model, "site"]) == {*sites, "pooled"}
     # small sites' metrics are suppressed: no value, count shown as "<5"
-    small = metrics[metrics["suppressed"]]
+    small = metrics[metrics["suppressed"] & (metrics["site"] != "pooled")]
     assert len(small) and small["value"].isna().all() and (small["n_cases"] == "<5").all()
+    # ...and the pooled value over them is withheld too (it would reveal them by subtraction)
+    pooled = metrics[(metrics["site"] == "pooled") & (metrics["split"] == "test")]
+    assert pooled["suppressed"].all() and pooled["value"].isna().all()
+    assert (result.summary.loc["pooled"] == "withheld").all()
     assert "pooled" in result.summary.index and list(result.summary.columns) == [
         "local_only", "fedavg", "fedprox", "centralised"]
 

@@ -73,11 +73,13 @@ def evaluate_models(
     return pd.concat(frames, ignore_index=True)
 
 
-def _rows(task: Task, records: pd.DataFrame, min_count: int, **keys: Any) -> list[dict[str, Any]]:
+def _rows(
+    task: Task, records: pd.DataFrame, min_count: int, withhold: bool = False, **keys: Any
+) -> list[dict[str, Any]]:
     n = int(records["case_id"].nunique())
     if n == 0:
         return []
-    suppressed = n < min_count
+    suppressed = n < min_count or withhold
     return [
         {**keys, "metric": metric, "value": float("nan") if suppressed else value,
          "n_cases": suppress_count(n, min_count), "suppressed": suppressed}
@@ -88,13 +90,19 @@ def _rows(task: Task, records: pd.DataFrame, min_count: int, **keys: Any) -> lis
 def metric_table(
     task: Task, records: pd.DataFrame, method: str, min_counts: Mapping[str, int], pooled_min_count: int
 ) -> pd.DataFrame:
-    """Long table: one row per (model, site or ``pooled``, split, metric)."""
+    """Long table: one row per (model, site or ``pooled``, split, metric).
+
+    A pooled value is withheld (suppressed, exact count kept) when a site of its group is suppressed: with the
+    other sites' exact values and counts it would reveal the small site's result by subtraction.
+    """
     rows: list[dict[str, Any]] = []
     for (model, split), group in records.groupby(["model", "split"], sort=False):
+        small_site = False
         for site, site_records in group.groupby("site", sort=False):
-            rows += _rows(task, site_records, min_counts.get(str(site), pooled_min_count),
-                          method=method, model=model, site=site, split=split)
-        rows += _rows(task, group, pooled_min_count, method=method, model=model, site=POOLED, split=split)
+            site_min = min_counts.get(str(site), pooled_min_count)
+            small_site |= 0 < site_records["case_id"].nunique() < site_min
+            rows += _rows(task, site_records, site_min, method=method, model=model, site=site, split=split)
+        rows += _rows(task, group, pooled_min_count, small_site, method=method, model=model, site=POOLED, split=split)
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
 
 

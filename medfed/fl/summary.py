@@ -27,6 +27,8 @@ def summary_table(metrics: pd.DataFrame, metric: str, split: str = "test") -> pd
 
 def _cell(row: Mapping) -> str:
     if bool(row["suppressed"]):
-        return f"n{row['n_cases']}"  # e.g. "n<5": too few cases to show a value
+        if str(row["n_cases"]).startswith("<"):
+            return f"n{row['n_cases']}"  # e.g. "n<5": too few cases to show a value
+        return "withheld"  # pooled over a suppressed site: would reveal it by subtraction
     value = row["value"]
     return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

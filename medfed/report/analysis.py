@@ -69,6 +69,11 @@ class Analysis:
     aggregates: pd.DataFrame
     #: sites whose test cases are at least min_count (their per-case values may be plotted)
     shown_sites: list[str] = field(default_factory=list)
+    #: per site: why its results are suppressed or have no CI ("" when complete)
+    site_notes: dict[str, str] = field(default_factory=dict)
+    #: whether pooled values are withheld: they include suppressed sites' cases, and with the shown sites'
+    #: exact estimates and counts they would reveal the suppressed sites' results by subtraction
+    pooled_withheld: bool = False
 
 
 def _normalise(name: str) -> str:
@@ -122,13 +127,14 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
     """Compute every table of the report from a loaded run."""
     options = options or ReportOptions()
     options.check()
-    labels = _labels(run)
+    labels = finding_labels(run)
     specs = specs_for(run.task_kind, labels=labels)
     baselines = choose_baselines(run.methods, options.baselines)
     pairs = comparison_pairs(run.methods, baselines)
     per_site_rows: list[dict[str, Any]] = []
     comparison_rows: list[dict[str, Any]] = []
     shown: list[str] = []
+    notes: dict[str, str] = {}
     n_by_site: dict[str, int] = {}
     for site in run.site_names:
         frames = _site_frames(run, site, options.split)
@@ -137,6 +143,7 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
         min_count = run.min_count(site)
         cases = site_cases(run.task_kind, site, frames, labels) if n else None
         note = _ci_note(n, min_count, cases, options)
+        notes[site] = note
         suppressed = n < min_count
         if not suppressed and n:
             shown.append(site)
@@ -169,11 +176,14 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
                                                 note, suppress_count(n, min_count), options))
     per_site = pd.DataFrame(per_site_rows)
     comparisons = _correct(pd.DataFrame(comparison_rows), options.correction, len(pairs))
-    aggregates = _aggregates(run, per_site, specs, n_by_site, options.split)
-    return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown)
+    withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
+    aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
+    return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown,
+                    notes, withheld)
 
 
-def _labels(run: RunData) -> list[str] | None:
+def finding_labels(run: RunData) -> list[str] | None:
+    """The findings of a classification run in record order (None for other tasks)."""
     if run.task_kind != "classification" or not run.methods:
         return None
     return list(dict.fromkeys(run.records[run.methods[0]]["label"].astype(str)))
@@ -228,10 +238,12 @@ def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int) -> pd.DataFra
 
 
 def _aggregates(
-    run: RunData, per_site: pd.DataFrame, specs: list[MetricSpec], n_by_site: dict[str, int], split: str
+    run: RunData, per_site: pd.DataFrame, specs: list[MetricSpec], n_by_site: dict[str, int], split: str,
+    pooled_withheld: bool,
 ) -> pd.DataFrame:
+    """Across-site summaries over the sites with a value; ``pooled`` from metrics.csv unless withheld."""
     rows = []
-    pooled = run.metrics
+    pooled = pd.DataFrame() if pooled_withheld else run.metrics
     for method in run.methods:
         for spec in specs:
             part = per_site[(per_site["method"] == method) & (per_site["metric"] == spec.name)]

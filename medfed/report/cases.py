@@ -31,9 +31,11 @@ class SiteCases:
     statistics: dict[tuple[str, str], Statistic]
 
     def smallest_stratum(self) -> int:
+        """Cases in the smallest class (masked cases, stratum -1, are not a class)."""
         if self.strata is None:
             return self.n_cases
-        return int(np.unique(self.strata, return_counts=True)[1].min()) if self.n_cases else 0
+        values, counts = np.unique(self.strata[self.strata >= 0], return_counts=True)
+        return int(counts.min()) if values.size else 0
 
 
 def _undefined(n: int) -> MeanStatistic:
@@ -59,37 +61,49 @@ def _binary_statistics(
     return out
 
 
-def _classification(frames: Mapping[str, pd.DataFrame], ids: np.ndarray, labels: list[str]):
+def _same_targets(targets: np.ndarray, reference: dict[str, np.ndarray], key: str, method: str, where: str) -> None:
+    """Every method must carry the same ground truth for the same cases (else the runs do not belong together)."""
+    first = reference.setdefault(key, targets)
+    if not np.array_equal(first, targets):
+        raise MedfedError(f"{where}: method {method} has other targets{f' for {key}' if key else ''} than the first "
+                          f"method on the same cases ({int((first != targets).sum())} differ)")
+
+
+def _classification(frames: Mapping[str, pd.DataFrame], ids: np.ndarray, labels: list[str], where: str):
     names = ["auroc", "accuracy", "sensitivity", "specificity", "precision", "f1"]
     statistics: dict[tuple[str, str], Statistic] = {}
-    targets_by_label = {}
+    targets_by_label: dict[str, np.ndarray] = {}
     for method, frame in frames.items():
         per_label = {}
         for label in labels:
             rows = frame[frame["label"].astype(str) == label]
-            args = [_aligned(rows, ids, c) for c in ("score", "target", "prediction")]
-            targets_by_label[label] = np.nan_to_num(args[1], nan=-1).astype(int)
-            per_label[label] = _binary_statistics(args[0], targets_by_label[label], args[2], names)
+            scores, target, predictions = (_aligned(rows, ids, c) for c in ("score", "target", "prediction"))
+            target = np.nan_to_num(target, nan=-1).astype(int)
+            _same_targets(target, targets_by_label, label, method, where)
+            per_label[label] = _binary_statistics(scores, target, predictions, names)
         if len(labels) == 1:
             statistics.update({(method, n): s for n, s in per_label[labels[0]].items()})
             continue
         for name in names:
             statistics[(method, name)] = MacroStatistic([per_label[label][name] for label in labels])
             statistics.update({(method, f"{name}/{label}"): per_label[label][name] for label in labels})
-    patterns = np.stack([targets_by_label[label] for label in labels], axis=1)
-    strata = patterns[:, 0] if len(labels) == 1 else np.array(["|".join(map(str, row)) for row in patterns])
+    # one finding: stratify by its class (masked cases, -1, form their own stratum); several findings: plain
+    # bootstrap, since stratifying by label patterns leaves single-case strata (a resample lacking a class gives
+    # an undefined value and is dropped)
+    strata = targets_by_label[labels[0]] if len(labels) == 1 else None
     return statistics, strata
 
 
-def _anomaly(frames: Mapping[str, pd.DataFrame], ids: np.ndarray):
+def _anomaly(frames: Mapping[str, pd.DataFrame], ids: np.ndarray, where: str):
     statistics: dict[tuple[str, str], Statistic] = {}
-    targets = None
+    reference: dict[str, np.ndarray] = {}
     for method, frame in frames.items():
         scores, target, predictions = (_aligned(frame, ids, c) for c in ("score", "target", "prediction"))
         targets = np.nan_to_num(target, nan=-1).astype(int)
+        _same_targets(targets, reference, "", method, where)
         for name, stat in _binary_statistics(scores, targets, predictions, ["auroc", "precision", "recall", "f1"]).items():
             statistics[(method, name)] = stat
-    return statistics, targets
+    return statistics, reference[""]
 
 
 def _segmentation(frames: Mapping[str, pd.DataFrame], ids: np.ndarray, where: str):
@@ -123,9 +137,9 @@ def site_cases(kind: str, site: str, frames: Mapping[str, pd.DataFrame], labels:
     frames = {m: f.assign(case_id=f["case_id"].astype(str)) for m, f in frames.items()}
     if kind == "classification":
         found = list(dict.fromkeys(frames[methods[0]]["label"].astype(str)))
-        statistics, strata = _classification(frames, ids, labels or found)
+        statistics, strata = _classification(frames, ids, labels or found, where)
     elif kind == "anomaly":
-        statistics, strata = _anomaly(frames, ids)
+        statistics, strata = _anomaly(frames, ids, where)
     elif kind == "segmentation":
         statistics, strata = _segmentation(frames, ids, where)
     else:

@@ -8,7 +8,7 @@ import jinja2
 import numpy as np
 
 from medfed.report import plots
-from medfed.report.analysis import Analysis
+from medfed.report.analysis import Analysis, finding_labels
 from medfed.report.formatting import digits_for, fmt, fmt_ci, fmt_p
 from medfed.stats import CORRECTIONS
 
@@ -31,19 +31,26 @@ def _environment() -> jinja2.Environment:
 
 
 def _site_rows(analysis: Analysis) -> tuple[list[dict[str, Any]], list[str]]:
-    """Site table rows: split counts plus one column per label / metadata descriptor (already suppressed)."""
+    """Site table rows: split counts plus one column per label / metadata descriptor (already suppressed).
+
+    Secondary suppression: when a split count of a site is suppressed, its total and its descriptor counts
+    (which add up to the total) are hidden too, so the small count cannot be recovered by subtraction; the
+    descriptors then list their values only.
+    """
     rows, columns = [], []
     for site in analysis.run.sites:
+        splits = site.get("splits", {})
+        hidden = any(isinstance(v, str) for v in splits.values())
         described: dict[str, str] = {}
         for group in ("labels", "metadata"):
             for name, counts in (site.get(group) or {}).items():
                 if name in ("format", "institution", "population") and group == "metadata" and len(counts) == 1:
                     continue  # one value everywhere says nothing
-                described[name] = ", ".join(f"{k}: {v}" for k, v in counts.items())
+                described[name] = ", ".join(str(k) if hidden else f"{k}: {v}" for k, v in counts.items())
                 if name not in columns:
                     columns.append(name)
-        splits = site.get("splits", {})
-        rows.append({"name": site["site"], "cases": site.get("cases", ""), "train": splits.get("train", ""),
+        total = f"≥{site.get('min_count', 5)}" if hidden else site.get("cases", "")
+        rows.append({"name": site["site"], "cases": total, "train": splits.get("train", ""),
                      "val": splits.get("val", ""), "test": splits.get("test", ""), "columns": described})
     return rows, columns
 
@@ -65,9 +72,10 @@ def context(analysis: Analysis) -> dict[str, Any]:
     primary_rows, all_tables = [], []
     for site in run.site_names:
         first = per_site[(per_site["site"] == site)].iloc[0]
-        primary_rows.append({"site": site, "n": first["n_cases"], "note": first["note"],
+        note = analysis.site_notes.get(site, "")
+        primary_rows.append({"site": site, "n": first["n_cases"], "note": note,
                              "cells": _metric_cells(analysis, site, primary.name, primary.unit)})
-        all_tables.append({"name": site, "n": first["n_cases"], "note": first["note"], "rows": [
+        all_tables.append({"name": site, "n": first["n_cases"], "note": note, "rows": [
             {"label": s.label + (f" ({s.unit})" if s.unit else ""), "cells": _metric_cells(analysis, site, s.name, s.unit)}
             for s in analysis.specs
         ]})
@@ -115,9 +123,11 @@ def context(analysis: Analysis) -> dict[str, Any]:
         "correction_name": CORRECTIONS[options.correction],
         "curves_svg": plots.learning_curves(run.rounds, run.site_names, primary),
         "boxplots": boxplots, "hidden_sites": [s for s in run.site_names if s not in analysis.shown_sites],
-        "n_resamples": options.n_resamples, "stratified": run.task_kind in ("classification", "anomaly"),
+        "n_resamples": options.n_resamples, "task_kind": run.task_kind,
+        "stratified": run.task_kind == "anomaly"
+        or (run.task_kind == "classification" and len(finding_labels(run) or []) < 2),
         "tests": [TEST_TEXT[t] for t in used_tests], "min_ci_cases": options.min_ci_cases, "seed": options.seed,
-        "sources": [str(p) for p in run.paths],
+        "sources": [str(p) for p in run.paths], "pooled_withheld": analysis.pooled_withheld,
     }
 
 

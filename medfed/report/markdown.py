@@ -33,7 +33,7 @@ def render_markdown(analysis: Analysis) -> str:
         part = per_site[per_site["site"] == site].set_index("method")
         rows.append([site, str(part["n_cases"].iloc[0])] + [
             fmt_ci(*part.loc[m, ["estimate", "ci_low", "ci_high"]], digits=digits) for m in run.methods
-        ] + [part["note"].iloc[0]])
+        ] + [analysis.site_notes.get(site, "")])
     lines += _table(["site", "n", *run.methods, "note"], rows)
     lines += ["", f"## Across sites ({spec.label})", ""]
     agg = analysis.aggregates[analysis.aggregates["metric"] == spec.name]
@@ -43,6 +43,8 @@ def render_markdown(analysis: Analysis) -> str:
           f"{fmt(r.worst, digits)} ({r.worst_site})" if r.worst_site else "–", fmt(r.case_weighted_mean, digits),
           fmt(r.pooled, digits)] for r in agg.itertuples()],
     )
+    if analysis.pooled_withheld:
+        lines += ["", "Pooled values are withheld: they include suppressed sites' cases."]
     comparisons = analysis.comparisons
     significant = comparisons[np.isfinite(comparisons["p_adjusted"].astype(float))
                               & (comparisons["p_adjusted"].astype(float) < 0.05)] if len(comparisons) else comparisons

@@ -52,7 +52,7 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "methods": run.methods, "baselines": analysis.baselines, "options": asdict(analysis.options),
         "sites": [{"site": s["site"], "test_cases": s.get("splits", {}).get("test"),
                    "shown": s["site"] in analysis.shown_sites} for s in run.sites],
-        "aggregates": analysis.aggregates.to_dict(orient="records"),
+        "aggregates": analysis.aggregates.to_dict(orient="records"), "pooled_withheld": analysis.pooled_withheld,
         "significant_comparisons": significant.to_dict(orient="records"),
         "n_comparisons_tested": int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0,
         "sources": [str(p) for p in run.paths],
