@@ -35,11 +35,12 @@ from medfed.fl.config import (
     load_experiment,
 )
 from medfed.fl.evaluation import EvalDatasets, evaluate_models, metric_table
+from medfed.fl.names import REPORT_FILES
 from medfed.fl.runner import MethodRunner, RunStopped
 from medfed.fl.strategies.local_only import local_key
 from medfed.fl.summary import OWN_MODEL, summary_table
+from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation, load_federation
-from medfed.synth.common import atomic_write_text
 from medfed.tasks import build_task
 
 
@@ -73,8 +74,7 @@ def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
         return True
     for stale in ("runs", "predictions"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    report = ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md")
-    for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", *report):
+    for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", *REPORT_FILES):
         (out / stale).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))

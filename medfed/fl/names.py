@@ -12,3 +12,7 @@ OWN_MODEL = "own"
 def deployed_model(method_models: list[str]) -> str:
     """``own`` for local-only results (they have one model per site), else ``global``."""
     return OWN_MODEL if OWN_MODEL in method_models else "global"
+
+
+#: the files a report writes into a run directory (``medfed.report.writer``); a fresh run removes stale ones
+REPORT_FILES = ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md")

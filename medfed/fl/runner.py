@@ -42,9 +42,9 @@ from medfed.fl.strategies import Strategy
 from medfed.fl.strategies.centralised import POOLED
 from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import get_weights, set_weights
+from medfed.io import atomic_write_text
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites.base import Site
-from medfed.synth.common import atomic_write_text
 from medfed.tasks.base import Task
 
 CHECKPOINT = "checkpoints/last.pt"

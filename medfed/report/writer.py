@@ -11,13 +11,11 @@ from typing import Any
 import pandas as pd
 
 from medfed.errors import MedfedError
+from medfed.io import atomic_write_text
 from medfed.report.analysis import Analysis, ReportOptions, analyse
 from medfed.report.html import render_html
 from medfed.report.markdown import render_markdown
 from medfed.report.run_data import load_run, merge_runs
-from medfed.synth.common import atomic_write_text
-
-REPORT_FILES = ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md")
 
 
 @dataclass

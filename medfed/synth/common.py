@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from medfed.io import atomic_write_text
 
 Scale = Literal["small", "demo", "full"]
 SCALES: tuple[str, ...] = ("small", "demo", "full")
@@ -30,15 +31,6 @@ def write_federation_config(out: Path, modality: str, config: dict[str, Any]) ->
     header = f"# Synthetic {modality} federation written by `medfed synth`; paths are relative to this file.\n"
     atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 @contextmanager
