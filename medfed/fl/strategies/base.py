@@ -30,6 +30,11 @@ class Strategy(ABC):
     privacy_preserving: ClassVar[bool] = True
     #: True: train one client on the union of all sites' training data
     pooled: ClassVar[bool] = False
+    #: True: when every client returns the same model, that model is the new global one (False for server
+    #: optimisers, which step towards it)
+    consensus_fixed_point: ClassVar[bool] = True
+    #: True: clients count in proportion to ``num_examples``; False: every client counts the same
+    weights_by_examples: ClassVar[bool] = True
 
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
         return {}

@@ -51,17 +51,23 @@ class StreamingWeightedMean:
         return (self.total / self.count).astype(np.float32)
 
 
+def average_updates(updates: Iterable[ClientUpdate]) -> tuple[StreamingWeightedMean, dict[str, int]]:
+    """Stream ``updates`` into a weighted mean; also returns each site's ``num_examples`` (empty: no update)."""
+    mean = StreamingWeightedMean()
+    used: dict[str, int] = {}
+    for update in updates:
+        mean.add(update.weights, update.num_examples)
+        used[update.site] = update.num_examples
+    return mean, used
+
+
 class FedAvg(Strategy):
     name: ClassVar[str] = "fedavg"
 
     def aggregate(
         self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        mean = StreamingWeightedMean()
-        weights_used: dict[str, int] = {}
-        for update in updates:
-            mean.add(update.weights, update.num_examples)
-            weights_used[update.site] = update.num_examples
-        if mean.clients == 0:
+        mean, used = average_updates(updates)
+        if not used:
             return global_weights, state, {"clients": 0}
-        return mean.result(), state, {"clients": mean.clients, "num_examples": weights_used}
+        return mean.result(), state, {"clients": mean.clients, "num_examples": used}

@@ -1,0 +1,67 @@
+"""Krum and Multi-Krum (Blanchard et al., NeurIPS 2017, "Machine learning with adversaries: Byzantine
+tolerant gradient descent"), with Flower's parameter names.
+
+Each client's score is the sum of squared Euclidean distances to its ``K - f - 2`` nearest other clients
+(at least 1), ``f = num_malicious_clients``. Krum adopts the model with the lowest score; Multi-Krum
+(``num_clients_to_keep = m > 0``) averages the ``m`` lowest-scoring models weighted by ``num_examples``,
+as Flower does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from medfed.fl.strategies.base import State, Strategy
+from medfed.fl.strategies.fedavg import weighted_average
+from medfed.fl.strategies.robust import stack_updates
+from medfed.fl.update import ClientUpdate
+
+
+def krum_scores(weights: np.ndarray, num_malicious: int) -> np.ndarray:
+    """Krum score per client of ``(K, P)`` weights (lower = more central)."""
+    w = np.asarray(weights, dtype=np.float64)
+    squared = np.einsum("ij,ij->i", w, w)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * (w @ w.T), 0.0)
+    np.fill_diagonal(distances, np.inf)  # a client is not its own neighbour
+    closest = max(1, min(len(w) - num_malicious - 2, len(w) - 1))
+    return np.sort(distances, axis=1)[:, :closest].sum(axis=1)
+
+
+class Krum(Strategy):
+    name: ClassVar[str] = "krum"
+
+    def __init__(self, num_malicious_clients: int = 0, num_clients_to_keep: int = 0) -> None:
+        if num_malicious_clients < 0 or num_clients_to_keep < 0:
+            raise ValueError("num_malicious_clients and num_clients_to_keep must be >= 0")
+        self.num_malicious_clients = int(num_malicious_clients)
+        self.num_clients_to_keep = int(num_clients_to_keep)
+
+    @property
+    def weights_by_examples(self) -> bool:  # type: ignore[override]
+        """Krum adopts one model; Multi-Krum averages its selection by ``num_examples``."""
+        return self.num_clients_to_keep > 0
+
+    def aggregate(
+        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    ) -> tuple[np.ndarray, State, dict[str, Any]]:
+        weights, counts, sites = stack_updates(updates)
+        if not sites:
+            return global_weights, state, {"clients": 0}
+        if len(sites) == 1:
+            return weights[0].copy(), state, {"clients": 1, "selected": sites}
+        scores = krum_scores(weights, self.num_malicious_clients)
+        order = np.argsort(scores, kind="stable")
+        if self.num_clients_to_keep > 0:
+            keep = np.sort(order[: self.num_clients_to_keep])
+            new = weighted_average(weights[keep], counts[keep])
+        else:
+            keep = order[:1]
+            new = weights[keep[0]].copy()
+        return new, state, {"clients": len(sites), "selected": [sites[i] for i in keep],
+                            "scores": {s: float(v) for s, v in zip(sites, scores, strict=True)}}
+
+    def params(self) -> dict[str, Any]:
+        return {"num_malicious_clients": self.num_malicious_clients, "num_clients_to_keep": self.num_clients_to_keep}
