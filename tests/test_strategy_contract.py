@@ -10,21 +10,29 @@ from torch import nn
 from medfed.fl.checkpoint import load_checkpoint, save_checkpoint
 from medfed.fl.strategies import (
     STRATEGIES,
+    Cyclic,
     FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedBN,
     FedMedian,
     FedTrimmedAvg,
     FedYogi,
     Krum,
     build_strategy,
 )
+from medfed.fl.strategies.fedbn import norm_mask
 from medfed.fl.update import ClientUpdate
 from medfed.tasks.base import LocalHook
 
 #: strategies whose result does not depend on the order sites report in (all but the per-site ones)
-SYMMETRIC = sorted(n for n, cls in STRATEGIES.items() if not cls.pooled and n != "local_only")
+SYMMETRIC = sorted(n for n, c in STRATEGIES.items() if c.order_invariant and not c.pooled and n != "local_only")
+P = 8  # parameters of MODEL: Linear(1, 2) weight and bias, GroupNorm(1, 2) weight and bias
+
+
+def model() -> nn.Module:
+    return nn.Sequential(nn.Linear(1, 2), nn.GroupNorm(1, 2))
 #: every strategy, plus Multi-Krum as a configuration of its own
 CONFIGS = [(n, {}) for n in sorted(STRATEGIES)] + [("krum", {"num_clients_to_keep": 2})]
 IDS = [n + ("-multi" if p else "") for n, p in CONFIGS]
@@ -42,9 +50,10 @@ def _round(strategy, start, state, weights, counts, sites):
 @pytest.mark.parametrize(("name", "params"), CONFIGS, ids=IDS)
 def test_contract(name, params, tmp_path):
     strategy = build_strategy(name, params)
+    strategy.prepare(model())
     rng = np.random.default_rng(0)
     sites = _sites(strategy)
-    start = rng.normal(size=6).astype(np.float32)
+    start = rng.normal(size=P).astype(np.float32)
     state = strategy.initial_state(start, sites)
 
     # clients that return the global model leave it unchanged
@@ -54,7 +63,7 @@ def test_contract(name, params, tmp_path):
         np.testing.assert_allclose(strategy.client_weights(new, site, state_1), start, atol=1e-7)
 
     # identical updates aggregate to themselves (server optimisers step towards them instead)
-    agreed = rng.normal(size=6).astype(np.float32)
+    agreed = rng.normal(size=P).astype(np.float32)
     new, state_2, _ = _round(strategy, start, strategy.initial_state(start, sites), [agreed] * len(sites),
                              [1, 2, 3, 4][: len(sites)], sites)
     target = [strategy.client_weights(new, s, state_2) for s in sites]
@@ -65,7 +74,7 @@ def test_contract(name, params, tmp_path):
         assert np.all(np.sign(new - start) == np.sign(agreed - start))
 
     # inputs are never modified; outputs keep dtype and layout
-    weights = rng.normal(size=(len(sites), 6)).astype(np.float32)
+    weights = rng.normal(size=(len(sites), P)).astype(np.float32)
     copies = (start.copy(), weights.copy())
     counts = np.array([5, 1, 7, 2][: len(sites)])
     new, state_3, _ = _round(strategy, start, strategy.initial_state(start, sites), list(weights), counts, sites)
@@ -89,7 +98,7 @@ def test_contract(name, params, tmp_path):
     # state survives a checkpoint round trip: the next round is bit-identical
     save_checkpoint(tmp_path / "state.pt", {"state": state_3})
     restored = load_checkpoint(tmp_path / "state.pt")["state"]
-    following = list(rng.normal(size=(len(sites), 6)).astype(np.float32))
+    following = list(rng.normal(size=(len(sites), P)).astype(np.float32))
     a, _, _ = _round(strategy, new, state_3, following, counts, sites)
     b, _, _ = _round(strategy, new, restored, following, counts, sites)
     np.testing.assert_array_equal(a, b)
@@ -98,9 +107,10 @@ def test_contract(name, params, tmp_path):
 @pytest.mark.parametrize("name", SYMMETRIC)
 def test_site_order_does_not_matter(name):
     strategy = build_strategy(name)
+    strategy.prepare(model())
     rng = np.random.default_rng(1)
-    start = rng.normal(size=5).astype(np.float32)
-    weights, counts, sites = rng.normal(size=(4, 5)).astype(np.float32), np.array([3, 9, 4, 6]), ["a", "b", "c", "d"]
+    start = rng.normal(size=P).astype(np.float32)
+    weights, counts, sites = rng.normal(size=(4, P)).astype(np.float32), np.array([3, 9, 4, 6]), ["a", "b", "c", "d"]
     forward, _, _ = _round(strategy, start, strategy.initial_state(start, sites), list(weights), counts, sites)
     order = [2, 0, 3, 1]
     backward, _, _ = _round(strategy, start, strategy.initial_state(start, sites), list(weights[order]), counts[order],
@@ -213,7 +223,7 @@ def test_every_new_strategy_trains_through_the_runner(tmp_path):
     from medfed.synth import write_federation
 
     federation = write_federation("chest_xray", tmp_path / "fed", scale="small", seed=0)
-    methods = ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg",
+    methods = ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbn", "fedmedian", "fedtrimmedavg", "cyclic",
                {"strategy": "krum", "num_malicious_clients": 1, "name": "krum"}]
     config = {
         "name": "zoo", "federation": str(federation), "seed": 1,
@@ -226,5 +236,68 @@ def test_every_new_strategy_trains_through_the_runner(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = run_experiment(path, tmp_path / "out", progress=False)
     assert not result.stopped and set(result.metrics["method"]) == {
-        "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "fedtrimmedavg", "krum"}
+        "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbn", "fedmedian", "fedtrimmedavg", "cyclic", "krum"}
+    fedbn = result.metrics[result.metrics["method"] == "fedbn"]
+    assert {"global", "own"} <= set(fedbn["model"])  # each site evaluated with its own normalisation
     assert np.isfinite(result.metrics.loc[result.metrics["metric"] == "auroc", "value"].dropna()).all()
+
+
+def test_fedbn_keeps_normalisation_local_and_averages_the_rest():
+    strategy = FedBN()
+    strategy.prepare(model())
+    mask = norm_mask(model())
+    assert mask.tolist() == [False] * 4 + [True] * 4  # Linear weight/bias shared, GroupNorm weight/bias local
+    start = np.zeros(P, np.float32)
+    state = strategy.initial_state(start, ["a", "b"])
+    a, b = np.arange(P, dtype=np.float32), -np.arange(P, dtype=np.float32) * 3
+    new, state, diag = strategy.aggregate(start, iter([ClientUpdate("a", a, 1), ClientUpdate("b", b, 3)]), state)
+    np.testing.assert_allclose(new, (a + 3 * b) / 4)  # global: FedAvg of everything
+    start_a = strategy.client_weights(new, "a", state)
+    np.testing.assert_allclose(start_a[:4], new[:4])  # shared part from the global model
+    np.testing.assert_array_equal(start_a[4:], a[4:])  # own normalisation back
+    assert diag["local_entries"] == 4 and set(strategy.final_models(new, state)) == {"global", "local:a", "local:b"}
+    with pytest.raises(RuntimeError, match="prepare"):
+        FedBN().aggregate(start, iter([]), state)
+
+
+def test_fedbn_adapts_each_site_to_its_own_feature_shift():
+    # Li et al. 2021: with feature shift (sites differ in input scale), local normalisation fits each site,
+    # a shared one cannot. A GroupNorm-only "model" whose optimum per site is its own scale: local entries
+    # converge to each site's value while FedAvg's shared entries settle on the mean.
+    net = nn.Sequential(nn.Linear(1, 2), nn.GroupNorm(1, 2))
+    targets = {"a": 1.0, "b": 5.0}
+    results = {}
+    for strategy in (FedAvg(), FedBN()):
+        strategy.prepare(net)
+        w = np.zeros(P, np.float32)
+        state = strategy.initial_state(w, list(targets))
+        for _ in range(30):
+            local = []
+            for site, t in targets.items():
+                start = strategy.client_weights(w, site, state)
+                local.append(ClientUpdate(site, start + 0.5 * (t - start), 1))  # a step towards the site's optimum
+            w, state, _ = strategy.aggregate(w, iter(local), state)
+        results[strategy.name] = {s: strategy.client_weights(w, s, state) for s in targets}
+    for site, t in targets.items():
+        assert np.allclose(results["fedbn"][site][4:], t, atol=1e-3)  # own normalisation reaches its optimum
+        assert np.allclose(results["fedavg"][site][4:], 3.0, atol=1e-3)  # shared normalisation: the compromise
+
+
+def test_cyclic_passes_the_model_from_site_to_site():
+    # Chang et al. 2018: site k starts from site k-1's model. A fake runner that, like the real one, trains a
+    # site only when the strategy pulls it; each "training" adds 1 to the weights it starts from.
+    strategy = Cyclic()
+    start = np.zeros(3, np.float32)
+    seen = []
+
+    def train_lazily():
+        for site in ("a", "b", "c"):
+            begin = strategy.client_weights(start, site, {})
+            seen.append(float(begin[0]))
+            yield ClientUpdate(site, begin + 1, 10)
+
+    new, _, diag = strategy.aggregate(start, train_lazily(), {})
+    assert seen == [0.0, 1.0, 2.0] and new[0] == 3.0 and diag["path"] == ["a", "b", "c"]
+    fedavg, _, _ = FedAvg().aggregate(start, (ClientUpdate(s, start + 1, 10) for s in "abc"), {})
+    assert fedavg[0] == 1.0  # averaging does not chain
+    assert strategy.client_weights(new, "a", {}) is new  # between rounds, sites start from the global model

@@ -121,6 +121,7 @@ class MethodRunner:
         """Train all rounds (continuing from the last checkpoint when ``resume``) and return the final models."""
         model = self.task.build_model(derive_seed(self.seed, "init"))
         global_weights = get_weights(model)
+        self.strategy.prepare(model)
         state = self.strategy.initial_state(global_weights, self.clients)
         log: list[dict[str, Any]] = []
         start = 1

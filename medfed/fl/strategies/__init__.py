@@ -7,10 +7,12 @@ from typing import Any
 from medfed.errors import ConfigError
 from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.strategies.centralised import Centralised
+from medfed.fl.strategies.cyclic import Cyclic
 from medfed.fl.strategies.fedadagrad import FedAdagrad
 from medfed.fl.strategies.fedadam import FedAdam
 from medfed.fl.strategies.fedavg import FedAvg, StreamingWeightedMean, weighted_average
 from medfed.fl.strategies.fedavgm import FedAvgM
+from medfed.fl.strategies.fedbn import FedBN
 from medfed.fl.strategies.fedmedian import FedMedian
 from medfed.fl.strategies.fedprox import FedProx
 from medfed.fl.strategies.fedtrimmedavg import FedTrimmedAvg
@@ -20,8 +22,8 @@ from medfed.fl.strategies.local_only import LocalOnly
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (LocalOnly, FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum,
-                Centralised)
+    for cls in (LocalOnly, FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedBN, FedMedian, FedTrimmedAvg,
+                Krum, Cyclic, Centralised)
 }
 
 
@@ -36,7 +38,7 @@ def build_strategy(name: str, params: dict[str, Any] | None = None, source: str 
 
 
 __all__ = [
-    "STRATEGIES", "Centralised", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
+    "STRATEGIES", "Centralised", "Cyclic", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBN", "FedMedian", "FedProx",
     "FedTrimmedAvg", "FedYogi", "Krum", "LocalOnly", "State", "Strategy", "StreamingWeightedMean", "build_strategy",
     "weighted_average",
 ]

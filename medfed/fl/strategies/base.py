@@ -35,6 +35,12 @@ class Strategy(ABC):
     consensus_fixed_point: ClassVar[bool] = True
     #: True: clients count in proportion to ``num_examples``; False: every client counts the same
     weights_by_examples: ClassVar[bool] = True
+    #: True: the result does not depend on the order in which sites report
+    order_invariant: ClassVar[bool] = True
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once by the runner with the freshly built model, before :meth:`initial_state`; strategies
+        that treat parts of the weight vector differently (FedBN) read the layout here."""
 
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
         return {}
