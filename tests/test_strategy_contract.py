@@ -301,3 +301,24 @@ def test_cyclic_passes_the_model_from_site_to_site():
     fedavg, _, _ = FedAvg().aggregate(start, (ClientUpdate(s, start + 1, 10) for s in "abc"), {})
     assert fedavg[0] == 1.0  # averaging does not chain
     assert strategy.client_weights(new, "a", {}) is new  # between rounds, sites start from the global model
+
+
+def test_robust_aggregators_give_the_same_result_block_by_block(monkeypatch):
+    from scipy.stats import trim_mean
+
+    from medfed.fl.strategies import robust
+    from medfed.fl.strategies.fedmedian import coordinate_median
+    from medfed.fl.strategies.fedtrimmedavg import trimmed_mean
+    from medfed.fl.strategies.krum import krum_scores
+
+    weights = np.random.default_rng(4).normal(size=(7, 50)).astype(np.float32)
+    monkeypatch.setattr(robust, "BLOCK", 21)  # 7 clients: 3 columns a block, 50 columns in 17 blocks
+    np.testing.assert_allclose(coordinate_median(list(weights)), np.median(weights.astype(np.float64), axis=0),
+                               rtol=1e-6)
+    np.testing.assert_allclose(trimmed_mean(list(weights), 0.2), trim_mean(weights.astype(np.float64), 0.2, axis=0),
+                               rtol=1e-6)
+    w = weights.astype(np.float64)
+    distances = ((w[:, None, :] - w[None, :, :]) ** 2).sum(axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    expected = np.sort(distances, axis=1)[:, :5].sum(axis=1)  # K - f - 2 = 5 neighbours
+    np.testing.assert_allclose(krum_scores(list(weights), 0), expected, rtol=1e-9)

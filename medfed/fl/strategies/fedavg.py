@@ -36,12 +36,14 @@ class StreamingWeightedMean:
         self.clients = 0
 
     def add(self, weights: np.ndarray, num_examples: float) -> None:
-        w = np.asarray(weights, dtype=np.float64)
+        w = np.asarray(weights)
         if self.total is None:
-            self.total = np.zeros_like(w)
+            self.total = np.zeros(w.shape, np.float64)
+            self._scaled = np.empty(w.shape, np.float64)  # one float64 buffer, reused for every client
         elif w.shape != self.total.shape:
             raise ValueError(f"update of shape {w.shape} does not match {self.total.shape}")
-        self.total += num_examples * w
+        np.multiply(w, float(num_examples), out=self._scaled, dtype=np.float64)  # product in float64
+        self.total += self._scaled
         self.count += float(num_examples)
         self.clients += 1
 

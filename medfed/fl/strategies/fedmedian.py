@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.robust import stack_updates
+from medfed.fl.strategies.robust import collect_updates, columnwise
 from medfed.fl.update import ClientUpdate
 
 
-def coordinate_median(weights: np.ndarray) -> np.ndarray:
-    """Median over clients of each coordinate of ``(K, P)`` weights (mean of the two middle values for even K)."""
-    return np.median(np.asarray(weights, dtype=np.float64), axis=0).astype(np.float32)
+def coordinate_median(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """Median over K client vectors of each coordinate (mean of the two middle values for even K)."""
+    return columnwise(list(vectors), lambda block: np.median(block, axis=0))
 
 
 class FedMedian(Strategy):
@@ -25,7 +25,7 @@ class FedMedian(Strategy):
     def aggregate(
         self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        weights, _, sites = stack_updates(updates)
+        vectors, _, sites = collect_updates(updates)
         if not sites:
             return global_weights, state, {"clients": 0}
-        return coordinate_median(weights), state, {"clients": len(sites)}
+        return coordinate_median(vectors), state, {"clients": len(sites)}

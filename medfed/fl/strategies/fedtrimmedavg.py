@@ -6,20 +6,20 @@ averaged, unweighted (``scipy.stats.trim_mean``); ``β = beta`` (Flower's defaul
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.stats import trim_mean
 
 from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.robust import stack_updates
+from medfed.fl.strategies.robust import collect_updates, columnwise
 from medfed.fl.update import ClientUpdate
 
 
-def trimmed_mean(weights: np.ndarray, beta: float) -> np.ndarray:
-    """Coordinate-wise mean of ``(K, P)`` weights after cutting ``⌊beta K⌋`` values from each end."""
-    return trim_mean(np.asarray(weights, dtype=np.float64), beta, axis=0).astype(np.float32)
+def trimmed_mean(vectors: Sequence[np.ndarray], beta: float) -> np.ndarray:
+    """Coordinate-wise mean of K client vectors after cutting ``⌊beta K⌋`` values from each end."""
+    return columnwise(list(vectors), lambda block: trim_mean(block, beta, axis=0))
 
 
 class FedTrimmedAvg(Strategy):
@@ -34,11 +34,11 @@ class FedTrimmedAvg(Strategy):
     def aggregate(
         self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        weights, _, sites = stack_updates(updates)
+        vectors, _, sites = collect_updates(updates)
         if not sites:
             return global_weights, state, {"clients": 0}
         cut = int(self.beta * len(sites))
-        return trimmed_mean(weights, self.beta), state, {"clients": len(sites), "trimmed_per_side": cut}
+        return trimmed_mean(vectors, self.beta), state, {"clients": len(sites), "trimmed_per_side": cut}
 
     def params(self) -> dict[str, Any]:
         return {"beta": self.beta}

@@ -9,24 +9,27 @@ as Flower does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.fedavg import weighted_average
-from medfed.fl.strategies.robust import stack_updates
+from medfed.fl.strategies.fedavg import StreamingWeightedMean
+from medfed.fl.strategies.robust import collect_updates, column_blocks
 from medfed.fl.update import ClientUpdate
 
 
-def krum_scores(weights: np.ndarray, num_malicious: int) -> np.ndarray:
-    """Krum score per client of ``(K, P)`` weights (lower = more central)."""
-    w = np.asarray(weights, dtype=np.float64)
-    squared = np.einsum("ij,ij->i", w, w)
-    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * (w @ w.T), 0.0)
+def krum_scores(vectors: Sequence[np.ndarray], num_malicious: int) -> np.ndarray:
+    """Krum score per client vector (lower = more central)."""
+    vectors = list(vectors)
+    gram = np.zeros((len(vectors), len(vectors)))
+    for _, block in column_blocks(vectors):  # float64 Gram matrix, one column block at a time
+        gram += block @ block.T
+    squared = np.diag(gram).copy()
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * gram, 0.0)
     np.fill_diagonal(distances, np.inf)  # a client is not its own neighbour
-    closest = max(1, min(len(w) - num_malicious - 2, len(w) - 1))
+    closest = max(1, min(len(vectors) - num_malicious - 2, len(vectors) - 1))
     return np.sort(distances, axis=1)[:, :closest].sum(axis=1)
 
 
@@ -47,19 +50,22 @@ class Krum(Strategy):
     def aggregate(
         self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        weights, counts, sites = stack_updates(updates)
+        vectors, counts, sites = collect_updates(updates)
         if not sites:
             return global_weights, state, {"clients": 0}
         if len(sites) == 1:
-            return weights[0].copy(), state, {"clients": 1, "selected": sites}
-        scores = krum_scores(weights, self.num_malicious_clients)
+            return vectors[0].copy(), state, {"clients": 1, "selected": sites}
+        scores = krum_scores(vectors, self.num_malicious_clients)
         order = np.argsort(scores, kind="stable")
         if self.num_clients_to_keep > 0:
             keep = np.sort(order[: self.num_clients_to_keep])
-            new = weighted_average(weights[keep], counts[keep])
+            mean = StreamingWeightedMean()
+            for i in keep:
+                mean.add(vectors[i], counts[i])
+            new = mean.result()
         else:
             keep = order[:1]
-            new = weights[keep[0]].copy()
+            new = vectors[keep[0]].copy()
         return new, state, {"clients": len(sites), "selected": [sites[i] for i in keep],
                             "scores": {s: float(v) for s, v in zip(sites, scores, strict=True)}}
 
