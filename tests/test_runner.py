@@ -205,3 +205,35 @@ def test_fedavg_weights_are_the_sample_weighted_mean_of_the_round(chest, tmp_pat
         count += len(dataset)
     np.testing.assert_array_equal(saved["global"], (total / count).astype(np.float32))
     assert torch.is_tensor(torch.from_numpy(saved["global"]))
+
+
+def test_available_sites_follow_their_probabilities_and_the_seed():
+    from medfed.fl.sampling import available_sites
+
+    sites = ["a", "b", "c"]
+    assert available_sites(sites, 1.0, np.random.default_rng(0)) == sites
+    assert available_sites(sites, 0.0, np.random.default_rng(0)) == []
+    rounds = [available_sites(sites, {"a": 0.3, "c": 0.0}, np.random.default_rng(r)) for r in range(400)]
+    share_a = np.mean(["a" in r for r in rounds])
+    assert 0.22 < share_a < 0.38 and all("b" in r and "c" not in r for r in rounds)
+    assert rounds[7] == available_sites(sites, {"a": 0.3, "c": 0.0}, np.random.default_rng(7))
+
+
+def test_unavailable_sites_skip_rounds_deterministically(chest, tmp_path):
+    from medfed.errors import ConfigError
+
+    config = experiment(tmp_path, chest, rounds=4, availability=0.5, min_fit_clients=2)
+    a = run_experiment(config, tmp_path / "a", progress=False)
+    b = run_experiment(config, tmp_path / "b", progress=False)
+    assert (a.out / "metrics.csv").read_bytes() == (b.out / "metrics.csv").read_bytes()
+    log = [json.loads(line) for line in (a.out / "runs" / "fedavg" / "rounds.jsonl").read_text().splitlines()]
+    assert any(len(r["available"]) < 4 for r in log)  # someone was away at least once
+    for record in log:
+        assert set(record["sampled"]) <= set(record["available"])
+        if "skipped" in record:
+            assert len(record["available"]) < 2 and record["completed"] == []
+    central = [json.loads(line) for line in (a.out / "runs" / "centralised" / "rounds.jsonl").read_text().splitlines()]
+    assert all(r["available"] == ["pooled"] for r in central)  # the pooled reference is always there
+    with pytest.raises(ConfigError, match="unknown site\\(s\\) nowhere"):
+        run_experiment(experiment(tmp_path, chest, name="bad", availability={"nowhere": 0.5}), tmp_path / "c",
+                       progress=False)

@@ -35,6 +35,18 @@ class TrainingConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="evaluate on val and test every N rounds; 0 = only at the end")
     fraction_fit: float = Field(1.0, gt=0, le=1, description="share of sites sampled each round (Flower's name)")
     min_fit_clients: int = Field(1, ge=1, description="sites sampled at least, and needed for a round to count")
+    availability: float | dict[str, float] = Field(
+        1.0, description="probability that a site is reachable in a round (one number, or per site; default 1)"
+    )
+
+    @field_validator("availability")
+    @classmethod
+    def _probabilities(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = [value] if isinstance(value, int | float) else list(value.values())
+        bad = [v for v in values if not 0 <= v <= 1]
+        if bad:
+            raise ValueError(f"availability must lie in [0, 1], got {bad[0]}")
+        return value
 
 
 class MethodConfig(BaseModel):

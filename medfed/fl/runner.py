@@ -2,7 +2,9 @@
 
 Round ``r`` of a method:
 
-1. sample sites with a generator from ``(seed, "sample", r)`` (:func:`medfed.fl.sampling.sample_sites`);
+1. draw the available sites from ``(seed, "available", r)`` (a round with fewer than ``min_fit_clients``
+   available is skipped and logged, the model unchanged), then sample among them from ``(seed, "sample", r)``
+   (:mod:`medfed.fl.sampling`);
 2. for each sampled site, in federation order, load the strategy's start weights, train ``local_epochs``
    with randomness from ``(seed, "train", r, site)``, and hand the update to the strategy's ``aggregate``
    as soon as it exists (one client model in memory at a time);
@@ -33,11 +35,11 @@ import pandas as pd
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
-from medfed.errors import MedfedError
+from medfed.errors import ConfigError, MedfedError
 from medfed.fl.checkpoint import load_checkpoint, save_checkpoint
 from medfed.fl.config import TrainingConfig
 from medfed.fl.evaluation import EvalDatasets, evaluate_on_site, metrics_by_site
-from medfed.fl.sampling import sample_sites
+from medfed.fl.sampling import available_sites, sample_sites
 from medfed.fl.strategies import Strategy
 from medfed.fl.strategies.centralised import POOLED
 from medfed.fl.update import ClientUpdate
@@ -115,6 +117,11 @@ class MethodRunner:
         self.progress = progress
         self.min_counts = {s.name: s.min_count for s in self.sites}
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
+        if isinstance(training.availability, dict):
+            unknown = sorted(set(training.availability) - set(self.site_names))
+            if unknown:
+                raise ConfigError(f"training.availability names unknown site(s) {', '.join(unknown)}; "
+                                  f"sites are {', '.join(self.site_names)}")
 
     # ----------------------------------------------------------------- public
     def run(self, resume: bool = False) -> MethodResult:
@@ -143,13 +150,22 @@ class MethodRunner:
                    disable=None if self.progress else True, leave=False)
         for rnd in bar:
             began = time.perf_counter()
-            sampled = sample_sites(self.clients, self.training.fraction_fit, self.training.min_fit_clients,
+            available = self._available(rnd)
+            sampled = sample_sites(available, self.training.fraction_fit, self.training.min_fit_clients,
                                    rng_for(self.seed, "sample", rnd))
-            record: dict[str, Any] = {"round": rnd, "sampled": sampled, "completed": [], "failed": [],
-                                      "train_loss": {}, "num_examples": {}}
+            record: dict[str, Any] = {"round": rnd, "available": available, "sampled": sampled, "completed": [],
+                                      "failed": [], "train_loss": {}, "num_examples": {}}
+            needed = min(self.training.min_fit_clients, len(self.clients))
+            if len(available) < needed:  # not a fault: the round waits for the next one, the model is unchanged
+                record["skipped"] = f"only {len(available)} of {len(self.clients)} sites available ({needed} needed)"
+                record["seconds"] = round(time.perf_counter() - began, 3)
+                log.append(record)
+                save_checkpoint(checkpoint, {"method": self.name, "clients": self.clients, "round": rnd,
+                                             "global": global_weights, "state": state, "log": log})
+                self._append_log(record)
+                continue
             updates = self._client_updates(model, datasets, sampled, rnd, global_weights, state, record)
             new_global, new_state, diagnostics = self.strategy.aggregate(global_weights, updates, state)
-            needed = min(self.training.min_fit_clients, len(self.clients))
             if len(record["completed"]) < needed:
                 record["status"] = "stopped"
                 self._append_log(record)
@@ -176,6 +192,13 @@ class MethodRunner:
         return MethodResult(self.name, self.strategy.final_models(global_weights, state), log, start - 1)
 
     # ----------------------------------------------------------------- internals
+    def _available(self, rnd: int) -> list[str]:
+        """Sites reachable in round ``rnd`` (seeded by (seed, "available", round)); the pooled reference is
+        always available."""
+        if self.strategy.pooled:
+            return list(self.clients)
+        return available_sites(self.clients, self.training.availability, rng_for(self.seed, "available", rnd))
+
     def _client_updates(
         self, model: Any, datasets: dict[str, Dataset], sampled: list[str], rnd: int,
         global_weights: np.ndarray, state: dict[str, Any], record: dict[str, Any],

@@ -1,10 +1,26 @@
-"""Client sampling per round (Flower's rule: ``max(int(fraction_fit * n), min_fit_clients)`` sites)."""
+"""Client availability and sampling per round.
+
+Each round, site ``k`` is reachable with probability ``p_k`` (``availability``; a hospital's node that is
+down, busy or behind a maintenance window), then Flower's rule samples ``max(int(fraction_fit * n),
+min_fit_clients)`` of the ``n`` available sites.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+
+def available_sites(
+    sites: Sequence[str], availability: float | Mapping[str, float], rng: np.random.Generator
+) -> list[str]:
+    """Sites reachable this round, in federation order: site ``k`` with probability ``availability[k]``
+    (a float applies to every site; a site missing from a mapping is always available). One uniform draw
+    per site, in federation order, so a site's draw does not depend on the others' probabilities."""
+    draws = rng.random(len(sites))
+    probability = [availability if isinstance(availability, int | float) else availability.get(s, 1.0) for s in sites]
+    return [s for s, u, p in zip(sites, draws, probability, strict=True) if u < p]
 
 
 def sample_size(available: int, fraction_fit: float, min_fit_clients: int) -> int:
