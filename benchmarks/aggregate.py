@@ -28,7 +28,8 @@ SKIP = {"local_only", "centralised", "cyclic"}  # no aggregation maths (kept per
 def updates(k: int, p: int) -> Iterator[ClientUpdate]:
     rng = np.random.default_rng(0)
     for i in range(k):
-        yield ClientUpdate(f"s{i}", rng.standard_normal(p, dtype=np.float32), int(rng.integers(10, 100)))
+        yield ClientUpdate(f"s{i}", rng.standard_normal(p, dtype=np.float32), int(rng.integers(10, 100)),
+                           {"steps": 10, "lr": 0.01})  # what the runner reports (SCAFFOLD uses it)
 
 
 def reference(k: int, p: int) -> Callable[[], np.ndarray]:
@@ -84,6 +85,8 @@ def main() -> None:
                 if name == "fedbn":
                     strategy.mask = np.zeros(p, bool)
                     strategy.mask[-max(2, p // 100):] = True  # 1% of entries in normalisation layers
+                if name == "scaffold":
+                    strategy.mask = np.ones(p, bool)  # every entry a trainable parameter
                 state = strategy.initial_state(start, [f"s{i}" for i in range(k)])
                 seconds, peak = measure(
                     lambda s=strategy, st=state, w=start, kk=k, pp=p: s.aggregate(w, updates(kk, pp), st), p)

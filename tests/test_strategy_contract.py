@@ -20,6 +20,7 @@ from medfed.fl.strategies import (
     FedTrimmedAvg,
     FedYogi,
     Krum,
+    Scaffold,
     build_strategy,
 )
 from medfed.fl.strategies.fedbn import norm_mask
@@ -43,7 +44,8 @@ def _sites(strategy) -> list[str]:
 
 
 def _round(strategy, start, state, weights, counts, sites):
-    batch = [ClientUpdate(s, w, int(n)) for s, w, n in zip(sites, weights, counts, strict=True)]
+    info = {"steps": 2, "lr": 0.5}  # what the runner reports with each update (SCAFFOLD uses it)
+    batch = [ClientUpdate(s, w, int(n), info) for s, w, n in zip(sites, weights, counts, strict=True)]
     return strategy.aggregate(start, iter(batch), state)
 
 
@@ -92,8 +94,8 @@ def test_contract(name, params, tmp_path):
                               np.array([100, 1, 1, 1]), sites)
         assert (not np.allclose(skewed, new)) == bool(strategy.weights_by_examples) or name == "local_only"
 
-    # client hooks are LocalHooks (e.g. FedProx's proximal term)
-    assert all(isinstance(hook, LocalHook) for hook in strategy.client_hooks(nn.Linear(1, 1)))
+    # client hooks are LocalHooks (e.g. FedProx's proximal term, SCAFFOLD's gradient correction)
+    assert all(isinstance(hook, LocalHook) for hook in strategy.client_hooks(model(), sites[0], state_3))
 
     # state survives a checkpoint round trip: the next round is bit-identical
     save_checkpoint(tmp_path / "state.pt", {"state": state_3})
@@ -223,7 +225,7 @@ def test_every_new_strategy_trains_through_the_runner(tmp_path):
     from medfed.synth import write_federation
 
     federation = write_federation("chest_xray", tmp_path / "fed", scale="small", seed=0)
-    methods = ["fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbn", "fedmedian", "fedtrimmedavg", "cyclic",
+    methods = ["scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbn", "fedmedian", "fedtrimmedavg", "cyclic",
                {"strategy": "krum", "num_malicious_clients": 1, "name": "krum"}]
     config = {
         "name": "zoo", "federation": str(federation), "seed": 1,
@@ -236,7 +238,8 @@ def test_every_new_strategy_trains_through_the_runner(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = run_experiment(path, tmp_path / "out", progress=False)
     assert not result.stopped and set(result.metrics["method"]) == {
-        "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbn", "fedmedian", "fedtrimmedavg", "cyclic", "krum"}
+        "scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbn", "fedmedian", "fedtrimmedavg", "cyclic",
+        "krum"}
     fedbn = result.metrics[result.metrics["method"] == "fedbn"]
     assert {"global", "own"} <= set(fedbn["model"])  # each site evaluated with its own normalisation
     assert np.isfinite(result.metrics.loc[result.metrics["metric"] == "auroc", "value"].dropna()).all()
@@ -322,3 +325,52 @@ def test_robust_aggregators_give_the_same_result_block_by_block(monkeypatch):
     np.fill_diagonal(distances, np.inf)
     expected = np.sort(distances, axis=1)[:, :5].sum(axis=1)  # K - f - 2 = 5 neighbours
     np.testing.assert_allclose(krum_scores(list(weights), 0), expected, rtol=1e-9)
+
+
+def test_scaffold_removes_client_drift_where_fedavg_keeps_it():
+    # Karimireddy et al. 2020: with heterogeneous clients and several local steps FedAvg converges to a biased
+    # point; SCAFFOLD's control variates correct the drift and reach the global optimum. Clients minimise
+    # a_i / 2 (w - t_i)^2 with a = (1, 10), t = (0, 1): optimum sum(a t) / sum(a) = 10 / 11.
+    import torch
+
+    curvature, target = {"a": 1.0, "b": 10.0}, {"a": 0.0, "b": 1.0}
+    net = nn.Linear(1, 1, bias=False)
+
+    def run(strategy, rounds: int = 60, steps: int = 10, lr: float = 0.05) -> float:
+        strategy.prepare(net)
+        w = np.zeros(1, np.float32)
+        state = strategy.initial_state(w, ["a", "b"])
+        for _ in range(rounds):
+            updates = []
+            for site in ("a", "b"):
+                with torch.no_grad():
+                    net.weight.fill_(float(w[0]))
+                hooks = strategy.client_hooks(net, site, state)
+                for _ in range(steps):
+                    net.zero_grad()
+                    loss = 0.5 * curvature[site] * (net.weight - target[site]).pow(2).sum()
+                    loss.backward()
+                    for hook in hooks:
+                        hook.after_backward(net)
+                    with torch.no_grad():
+                        net.weight -= lr * net.weight.grad
+                updates.append(ClientUpdate(site, net.weight.detach().numpy().ravel().copy(), 1,
+                                            {"steps": steps, "lr": lr}))
+            w, state, _ = strategy.aggregate(w, iter(updates), state)
+        return float(w[0])
+
+    optimum = 10 / 11
+    assert abs(run(Scaffold()) - optimum) < 0.01
+    assert abs(run(FedAvg()) - optimum) > 0.1
+
+
+def test_scaffold_control_variates_by_hand():
+    # one site, x = 0, y = 1 after K = 2 steps of lr 0.5: c_i = 0 - 0 + (0 - 1) / (2 * 0.5) = -1;
+    # two sites in the federation: c = 0 + (1/2)(-1 - 0) = -0.5; x = y = 1
+    strategy = Scaffold()
+    strategy.prepare(nn.Linear(1, 1, bias=False))
+    state = strategy.initial_state(one(0), ["a", "b"])
+    new, state, _ = strategy.aggregate(one(0), iter([ClientUpdate("a", one(1), 3, {"steps": 2, "lr": 0.5})]), state)
+    assert new[0] == 1.0 and state["c_sites"]["a"][0] == -1.0 and state["c"][0] == -0.5
+    with pytest.raises(ValueError, match="local steps and learning rate of site a"):
+        strategy.aggregate(one(0), iter([ClientUpdate("a", one(1), 3)]), state)

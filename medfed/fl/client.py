@@ -23,3 +23,18 @@ class ProximalTerm(LocalHook):
         params = [p for p in model.parameters() if p.requires_grad]
         squared = sum(((p - r) ** 2).sum() for p, r in zip(params, self.reference))
         return 0.5 * self.mu * squared  # type: ignore[return-value]
+
+
+class GradientCorrection(LocalHook):
+    """Adds a fixed vector to every parameter's gradient before each optimiser step: SCAFFOLD's
+    ``g_i(y) - c_i + c`` (Karimireddy et al., ICML 2020, Algorithm 1, line 10); ``corrections`` are
+    ``c - c_i``, one tensor per trainable parameter in ``model.parameters()`` order."""
+
+    def __init__(self, corrections: list[torch.Tensor]) -> None:
+        self.corrections = corrections
+
+    def after_backward(self, model: nn.Module) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        for param, correction in zip(params, self.corrections, strict=True):
+            if param.grad is not None:
+                param.grad.add_(correction.to(param.grad.dtype))

@@ -117,6 +117,7 @@ class MethodRunner:
         self.progress = progress
         self.min_counts = {s.name: s.min_count for s in self.sites}
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
+        self._local_lr = float(task.config.optimizer.lr)  # SCAFFOLD's control variates need the local step size
         if isinstance(training.availability, dict):
             unknown = sorted(set(training.availability) - set(self.site_names))
             if unknown:
@@ -210,7 +211,7 @@ class MethodRunner:
             bar.set_postfix_str(site)
             try:
                 set_weights(model, self.strategy.client_weights(global_weights, site, state))
-                hooks = self.strategy.client_hooks(model)
+                hooks = self.strategy.client_hooks(model, site, state)
                 result = self.task.local_train(
                     model, datasets[site], epochs=self.training.local_epochs,
                     seed=derive_seed(self.seed, "train", rnd, site), hooks=hooks,
@@ -226,7 +227,8 @@ class MethodRunner:
             record["completed"].append(site)
             record["train_loss"][site] = result.mean_loss
             record["num_examples"][site] = result.num_examples
-            yield ClientUpdate(site, weights, result.num_examples, {"loss": result.mean_loss, "steps": result.steps})
+            yield ClientUpdate(site, weights, result.num_examples,
+                               {"loss": result.mean_loss, "steps": result.steps, "lr": self._local_lr})
 
     def _evaluate_round(self, model: Any, global_weights: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
         assert self.eval_datasets is not None

@@ -19,11 +19,12 @@ from medfed.fl.strategies.fedtrimmedavg import FedTrimmedAvg
 from medfed.fl.strategies.fedyogi import FedYogi
 from medfed.fl.strategies.krum import Krum
 from medfed.fl.strategies.local_only import LocalOnly
+from medfed.fl.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (LocalOnly, FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedBN, FedMedian, FedTrimmedAvg,
-                Krum, Cyclic, Centralised)
+    for cls in (LocalOnly, FedAvg, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedBN, FedMedian,
+                FedTrimmedAvg, Krum, Cyclic, Centralised)
 }
 
 
@@ -39,6 +40,6 @@ def build_strategy(name: str, params: dict[str, Any] | None = None, source: str 
 
 __all__ = [
     "STRATEGIES", "Centralised", "Cyclic", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBN", "FedMedian", "FedProx",
-    "FedTrimmedAvg", "FedYogi", "Krum", "LocalOnly", "State", "Strategy", "StreamingWeightedMean", "build_strategy",
+    "FedTrimmedAvg", "FedYogi", "Krum", "LocalOnly", "Scaffold", "State", "Strategy", "StreamingWeightedMean", "build_strategy",
     "weighted_average",
 ]

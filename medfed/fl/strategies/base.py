@@ -49,8 +49,8 @@ class Strategy(ABC):
         """The weights ``site`` starts its local training from (default: the global model)."""
         return global_weights
 
-    def client_hooks(self, model: nn.Module) -> list[LocalHook]:
-        """Hooks for local training, built after the start weights are loaded into ``model``."""
+    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[LocalHook]:
+        """Hooks for ``site``'s local training, built after its start weights are loaded into ``model``."""
         return []
 
     @abstractmethod

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from medfed.fl.client import ProximalTerm
+from medfed.fl.strategies.base import State
 from medfed.fl.strategies.fedavg import FedAvg
 from medfed.tasks.base import LocalHook
 
@@ -24,7 +25,7 @@ class FedProx(FedAvg):
             raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         self.proximal_mu = float(proximal_mu)
 
-    def client_hooks(self, model: nn.Module) -> list[LocalHook]:
+    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[LocalHook]:
         return [ProximalTerm(model, self.proximal_mu)] if self.proximal_mu > 0 else []
 
     def params(self) -> dict[str, Any]:
