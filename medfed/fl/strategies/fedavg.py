@@ -64,7 +64,15 @@ def average_updates(updates: Iterable[ClientUpdate]) -> tuple[StreamingWeightedM
 
 
 class FedAvg(Strategy):
+    """The weighted average; server optimisers (FedAvgM, FedOpt) subclass it and override :meth:`server_update`."""
+
     name: ClassVar[str] = "fedavg"
+
+    def server_update(
+        self, global_weights: np.ndarray, average: np.ndarray, state: State
+    ) -> tuple[np.ndarray, State, dict[str, Any]]:
+        """The new global model from the round's weighted average (FedAvg: the average itself)."""
+        return average, state, {}
 
     def aggregate(
         self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
@@ -72,4 +80,5 @@ class FedAvg(Strategy):
         mean, used = average_updates(updates)
         if not used:
             return global_weights, state, {"clients": 0}
-        return mean.result(), state, {"clients": mean.clients, "num_examples": used}
+        new, state, extra = self.server_update(global_weights, mean.result(), state)
+        return new, state, {"clients": mean.clients, "num_examples": used, **extra}

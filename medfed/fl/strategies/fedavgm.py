@@ -8,14 +8,13 @@ With the sample-weighted average ``w̄`` of the round (FedAvg) and the pseudo-gr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.fedavg import average_updates
-from medfed.fl.update import ClientUpdate
+from medfed.fl.strategies.base import State
+from medfed.fl.strategies.fedavg import FedAvg
 
 
 def momentum_step(
@@ -27,7 +26,7 @@ def momentum_step(
     return (global_weights - lr * velocity).astype(np.float32), velocity
 
 
-class FedAvgM(Strategy):
+class FedAvgM(FedAvg):
     name: ClassVar[str] = "fedavgm"
 
     def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
@@ -41,15 +40,12 @@ class FedAvgM(Strategy):
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
         return {"momentum": np.zeros(global_weights.shape, np.float64)}
 
-    def aggregate(
-        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    def server_update(
+        self, global_weights: np.ndarray, average: np.ndarray, state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        mean, used = average_updates(updates)
-        if not used:
-            return global_weights, state, {"clients": 0}
-        new, velocity = momentum_step(global_weights, mean.result(), state["momentum"], self.server_momentum,
+        new, velocity = momentum_step(global_weights, average, state["momentum"], self.server_momentum,
                                       self.server_learning_rate)
-        return new, {**state, "momentum": velocity}, {"clients": mean.clients}
+        return new, {**state, "momentum": velocity}, {}
 
     def params(self) -> dict[str, Any]:
         return {"server_learning_rate": self.server_learning_rate, "server_momentum": self.server_momentum}

@@ -14,17 +14,16 @@ needs. The clients' learning rate (Flower's ``eta_l``) is the task's ``optimizer
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.fedavg import average_updates
-from medfed.fl.update import ClientUpdate
+from medfed.fl.strategies.base import State
+from medfed.fl.strategies.fedavg import FedAvg
 
 
-class FedOpt(Strategy):
+class FedOpt(FedAvg):
     """Shared round logic; subclasses define :meth:`second_moment` and, for Adam, :meth:`step_size`."""
 
     #: a server optimiser moves *towards* agreeing clients by a step of size eta, not onto them
@@ -49,18 +48,15 @@ class FedOpt(Strategy):
     def step_size(self, step: int) -> float:
         return self.eta
 
-    def aggregate(
-        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    def server_update(
+        self, global_weights: np.ndarray, average: np.ndarray, state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        mean, used = average_updates(updates)
-        if not used:
-            return global_weights, state, {"clients": 0}
-        delta = mean.result().astype(np.float64) - global_weights.astype(np.float64)
+        delta = average.astype(np.float64) - global_weights.astype(np.float64)
         m = self.beta_1 * state["m"] + (1 - self.beta_1) * delta
         v = self.second_moment(state["v"], delta)
         step = int(state["step"]) + 1
         new = (global_weights + self.step_size(step) * m / (np.sqrt(v) + self.tau)).astype(np.float32)
-        return new, {"m": m, "v": v, "step": step}, {"clients": mean.clients, "server_step": step}
+        return new, {"m": m, "v": v, "step": step}, {"server_step": step}
 
     def params(self) -> dict[str, Any]:
         return {"eta": self.eta, "beta_1": self.beta_1, "beta_2": self.beta_2, "tau": self.tau}
