@@ -9,6 +9,7 @@ global model, or for local-only the site's own model.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,19 +119,16 @@ def merge_runs(runs: list[RunData]) -> RunData:
                 f"{run.paths[0]}: sites {run.site_names} differ from {first.paths[0]} ({first.site_names}); "
                 "only runs on the same federation can share a report"
             )
-    counts: dict[str, int] = {}
-    for run in runs:
-        for method in run.methods:
-            counts[method] = counts.get(method, 0) + 1
+    counts = Counter(method for run in runs for method in run.methods)
     methods, records, rounds, metrics = [], {}, {}, []
     for run in runs:
-        for method in run.methods:
-            label = method if counts[method] == 1 else f"{run.name}/{method}"
+        labels = {m: m if counts[m] == 1 else f"{run.name}/{m}" for m in run.methods}
+        for method, label in labels.items():
             methods.append(label)
             records[label] = run.records[method]
             rounds[label] = run.rounds[method]
         if len(run.metrics):
-            metrics.append(run.metrics.assign(method=[m if counts[m] == 1 else f"{run.name}/{m}" for m in run.metrics["method"]]))
+            metrics.append(run.metrics.assign(method=run.metrics["method"].map(labels)))
     return RunData(
         " + ".join(r.name for r in runs), [p for r in runs for p in r.paths], first.task_kind, methods, records, rounds,
         first.sites, pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(),
