@@ -105,8 +105,11 @@ class _Quadratic(Task):
     def eval_dataset(self, site, split):  # pragma: no cover - unused
         return None
 
-    def loss(self, model, batch):
-        return ((model.weight - self.target) ** 2).sum()
+    def forward(self, model, batch):
+        return model.weight
+
+    def criterion(self, outputs, batch):
+        return ((outputs - self.target) ** 2).sum()
 
     def evaluate(self, model, dataset):  # pragma: no cover - unused
         return None

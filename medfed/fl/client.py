@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from medfed.tasks.base import LocalHook
+from medfed.tasks.base import LocalHook, Task
 
 
 class ProximalTerm(LocalHook):
@@ -38,3 +40,22 @@ class GradientCorrection(LocalHook):
         for param, correction in zip(params, self.corrections, strict=True):
             if param.grad is not None:
                 param.grad.add_(correction.to(param.grad.dtype))
+
+
+class MarginControl(LocalHook):
+    """FedLD's margin control regularisation (Zeng et al., MICCAI 2024, "Tackling data heterogeneity in
+    federated learning via loss decomposition"): ``lambda * log(1 + ||P||_F^2)`` added to the task loss,
+    where ``P`` stacks the class-probability vectors of the batch (the Frobenius norm is over the whole
+    batch, as in the authors' code). It penalises confident outputs, limiting how far local training pulls
+    the decision margins towards the site's own distribution (the distribution-shift loss).
+
+    ``P`` comes from :meth:`medfed.tasks.base.Task.class_probabilities`: softmax rows for a softmax head,
+    ``(1 - p, p)`` per finding for medfed's sigmoid classification head.
+    """
+
+    def __init__(self, margin_lambda: float) -> None:
+        self.margin_lambda = float(margin_lambda)
+
+    def output_penalty(self, task: Task, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        probabilities = task.class_probabilities(outputs, batch)
+        return self.margin_lambda * torch.log1p((probabilities**2).sum())

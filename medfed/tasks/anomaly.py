@@ -107,9 +107,8 @@ class AnomalyTask(Task):
     def eval_dataset(self, site: Site, split: str) -> Dataset:
         return site.dataset(split, transform=Compose([site.default_transform(split), _AnomalyTarget(self._targets(site))]))
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        image = batch["image"]
-        return F.mse_loss(model(image), image)
+    def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return F.mse_loss(outputs, batch["image"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset) -> pd.DataFrame:

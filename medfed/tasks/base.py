@@ -6,9 +6,13 @@ A task turns a site's cases into a model and back into per-case records:
     a fresh network (MONAI), initialised from ``seed``.
 ``train_dataset(site)`` / ``eval_dataset(site, split)``
     the site's MONAI datasets for this task (built inside the site).
+``forward(model, batch)`` / ``criterion(outputs, batch)``
+    the network outputs of a training batch and the task loss on them (``loss`` = both).
+``class_probabilities(outputs, batch)``
+    classification only: one row of class probabilities per labelled prediction (FedLD's margin control).
 ``local_train(model, dataset, epochs, seed, hooks)``
     optimiser steps over the dataset; ``hooks`` add loss terms or touch gradients (FedProx's proximal
-    term lives in :mod:`medfed.fl.client`, not here).
+    term and FedLD's margin control live in :mod:`medfed.fl.client`, not here).
 ``evaluate(model, dataset)``
     one row per case (and per label or region): ``case_id``, ``score``, ``target`` and task-specific
     columns. Every metric is computed later from these records by :meth:`Task.metrics`.
@@ -60,11 +64,14 @@ class TaskConfigBase(BaseModel):
 class LocalHook:
     """Something a strategy runs inside a client's local training (default: nothing).
 
-    ``penalty(model)`` is added to every step's loss; ``after_backward(model)`` may edit gradients before
-    the optimiser step.
+    ``penalty(model)`` and ``output_penalty(task, outputs, batch)`` (a term on the step's network outputs)
+    are added to every step's loss; ``after_backward(model)`` may edit gradients before the optimiser step.
     """
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def output_penalty(self, task: Task, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
         return None
 
     def after_backward(self, model: nn.Module) -> None:
@@ -108,8 +115,20 @@ class Task(ABC):
     @abstractmethod
     def eval_dataset(self, site: Site, split: str) -> Dataset: ...
 
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Network outputs of a training batch (default: ``model(batch["image"])``)."""
+        return model(batch["image"])
+
     @abstractmethod
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor: ...
+    def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The task loss of ``outputs`` (from :meth:`forward`) on ``batch``."""
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return self.criterion(self.forward(model, batch), batch)
+
+    def class_probabilities(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """``(M, C)``: the class-probability vector of each of the batch's M labelled predictions."""
+        raise NotImplementedError(f"the {self.kind} task has no class probabilities")
 
     @abstractmethod
     def evaluate(self, model: nn.Module, dataset: Dataset) -> pd.DataFrame: ...
@@ -159,7 +178,7 @@ class Task(ABC):
     ) -> TrainResult:
         """``epochs`` passes over ``dataset`` (or ``max_steps`` steps) with a fresh optimiser.
 
-        Step loss = task loss + sum of ``hook.penalty(model)``. Randomness (shuffling, dropout) draws from
+        Step loss = task loss + sum of ``hook.penalty(model)`` and ``hook.output_penalty(self, outputs, batch)``. Randomness (shuffling, dropout) draws from
         ``seed`` only, and the caller's global torch RNG state is restored afterwards.
         """
         if len(dataset) == 0:  # type: ignore[arg-type]
@@ -172,14 +191,15 @@ class Task(ABC):
             for epoch in range(epochs):
                 for batch in self.loader(dataset, train=True, seed=seed + epoch):
                     optimizer.zero_grad(set_to_none=True)
-                    loss = self.loss(model, batch)
+                    outputs = self.forward(model, batch)
+                    loss = self.criterion(outputs, batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"training loss became {loss.item()} at step {result.steps}")
                     total = loss
                     for hook in hooks:
-                        extra = hook.penalty(model)
-                        if extra is not None:
-                            total = total + extra
+                        for extra in (hook.penalty(model), hook.output_penalty(self, outputs, batch)):
+                            if extra is not None:
+                                total = total + extra
                     total.backward()
                     for hook in hooks:
                         hook.after_backward(model)

@@ -90,12 +90,20 @@ class ClassificationTask(Task):
     def eval_dataset(self, site: Site, split: str) -> Dataset:
         return site.dataset(split, transform=self._transform(site, split))
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = model(batch["image"])
-        target = batch["label"].to(logits.dtype)
+    def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        target = batch["label"].to(outputs.dtype)
         known = target >= 0
-        per_pair = F.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none")
+        per_pair = F.binary_cross_entropy_with_logits(outputs, target.clamp(min=0), reduction="none")
         return (per_pair * known).sum() / known.sum().clamp(min=1)
+
+    def class_probabilities(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """``(M, 2)``: ``(1 - p, p)`` with ``p = sigmoid(z)`` for each (case, finding) with a known target.
+
+        A sigmoid output is the two-class softmax of logits ``(0, z)``, so each finding is a binary
+        classifier whose probability vector is ``(1 - p, p)``; masked (uncertain) targets are left out.
+        """
+        p = torch.sigmoid(outputs)[batch["label"] >= 0]
+        return torch.stack([1 - p, p], dim=1)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset) -> pd.DataFrame:

@@ -100,11 +100,10 @@ class SegmentationTask(Task):
                 transform.set_random_state(seed=(seed + i) % (2**32))
         return super().local_train(model, dataset, seed=seed, **kwargs)
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        logits = model(batch["image"])
-        target = batch["label"].to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        return self.config.dice_weight * self.dice_loss(logits, target) + self.config.bce_weight * bce
+    def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        target = batch["label"].to(outputs.dtype)
+        bce = F.binary_cross_entropy_with_logits(outputs, target)
+        return self.config.dice_weight * self.dice_loss(outputs, target) + self.config.bce_weight * bce
 
     def _logits(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         patch = self.config.patch_size
