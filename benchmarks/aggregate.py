@@ -7,6 +7,8 @@ robust ones hold the K models their maths compares (4KP bytes). The reference is
 (``aggregate``: every client's arrays scaled by its examples, then summed): the flwr function itself when
 flwr is installed, else the same formula in numpy.
 
+The last column times the aggregation alone, on updates drawn beforehand.
+
     python benchmarks/aggregate.py [--sites 10 100] [--params 1000000 10000000] [--only fedavg krum] [--skip-over-gb 12]
 """
 
@@ -23,6 +25,7 @@ from medfed.fl.strategies import STRATEGIES, build_strategy
 from medfed.fl.update import ClientUpdate
 
 SKIP = {"local_only", "centralised", "cyclic"}  # no aggregation maths (kept per site, pooled, or chained)
+KEEPS_K_MODELS = ("fedmedian", "fedtrimmedavg", "krum", "fedld")  # their maths compares all client models
 
 
 def updates(k: int, p: int) -> Iterator[ClientUpdate]:
@@ -49,6 +52,17 @@ def reference(k: int, p: int) -> Callable[[], np.ndarray]:
     return run
 
 
+def cnn_like_layout(p: int) -> list[int]:
+    """Tensor sizes of P parameters shaped like a CNN: 20 weight tensors growing 8-fold, 60 small vectors
+    (biases, normalisation) of 256 (FedLD works tensor by tensor)."""
+    small = [256] * 60
+    big = p - sum(small)
+    shares = np.geomspace(1, 8, 20)
+    sizes = (shares / shares.sum() * big).astype(int)
+    sizes[-1] += big - sizes.sum()
+    return [int(s) for s in sizes] + small
+
+
 def measure(work: Callable[[], object], p: int) -> tuple[float, float]:
     """(seconds, peak MiB above one incoming update)."""
     tracemalloc.start()
@@ -69,16 +83,18 @@ def main() -> None:
                         help="skip a K-copy strategy whose stacked models would exceed this (the machine has 24 GB)")
     args = parser.parse_args()
     names = args.only or [n for n in STRATEGIES if n not in SKIP]
-    print(f"{'K':>4} {'P':>11} {'strategy':<15} {'seconds':>9} {'peak MiB':>10}  (one model: 4P bytes)")
+    print(f"{'K':>4} {'P':>11} {'strategy':<15} {'seconds':>9} {'peak MiB':>10} {'aggregate s':>12}"
+          "  (seconds: drawing the updates included; aggregate s: on updates drawn beforehand)")
     for k in args.sites:
         for p in args.params:
             model_mib = 4 * p / 2**20
+            drawn = list(updates(k, p))  # for the pure aggregation time
             print(f"{k:>4} {p:>11,} {'one model':<15} {'':>9} {model_mib:>10.0f}")
             seconds, peak = measure(reference(k, p), p)
             print(f"{k:>4} {p:>11,} {'reference':<15} {seconds:>9.2f} {peak:>10.0f}")
             for name in names:
                 strategy = build_strategy(name)
-                if name in ("fedmedian", "fedtrimmedavg", "krum") and 4 * k * p / 1e9 > args.skip_over_gb:
+                if name in KEEPS_K_MODELS and 4 * k * p / 1e9 > args.skip_over_gb:
                     print(f"{k:>4} {p:>11,} {name:<15} {'skipped':>9} {'':>10}  (K copies > {args.skip_over_gb} GB)")
                     continue
                 start = np.zeros(p, np.float32)
@@ -88,9 +104,15 @@ def main() -> None:
                 if name == "scaffold":
                     strategy.mask = np.ones(p, bool)  # every entry a trainable parameter
                 state = strategy.initial_state(start, [f"s{i}" for i in range(k)])
+                if name == "fedld":
+                    strategy.use_layout(cnn_like_layout(p))
+                    state["history"][:] = 1  # past the first round: every tensor takes the principal path
                 seconds, peak = measure(
                     lambda s=strategy, st=state, w=start, kk=k, pp=p: s.aggregate(w, updates(kk, pp), st), p)
-                print(f"{k:>4} {p:>11,} {name:<15} {seconds:>9.2f} {peak:>10.0f}")
+                began = time.perf_counter()
+                strategy.aggregate(start, iter(drawn), state)
+                pure = time.perf_counter() - began
+                print(f"{k:>4} {p:>11,} {name:<15} {seconds:>9.2f} {peak:>10.0f} {pure:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from medfed.fl.strategies.fedadam import FedAdam
 from medfed.fl.strategies.fedavg import FedAvg, StreamingWeightedMean, weighted_average
 from medfed.fl.strategies.fedavgm import FedAvgM
 from medfed.fl.strategies.fedbn import FedBN
+from medfed.fl.strategies.fedld import FedLD
 from medfed.fl.strategies.fedmedian import FedMedian
 from medfed.fl.strategies.fedprox import FedProx
 from medfed.fl.strategies.fedtrimmedavg import FedTrimmedAvg
@@ -24,7 +25,7 @@ from medfed.fl.strategies.scaffold import Scaffold
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (LocalOnly, FedAvg, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedBN, FedMedian,
-                FedTrimmedAvg, Krum, Cyclic, Centralised)
+                FedTrimmedAvg, Krum, FedLD, Cyclic, Centralised)
 }
 
 
@@ -39,7 +40,7 @@ def build_strategy(name: str, params: dict[str, Any] | None = None, source: str 
 
 
 __all__ = [
-    "STRATEGIES", "Centralised", "Cyclic", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBN", "FedMedian", "FedProx",
+    "STRATEGIES", "Centralised", "Cyclic", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBN", "FedLD", "FedMedian", "FedProx",
     "FedTrimmedAvg", "FedYogi", "Krum", "LocalOnly", "Scaffold", "State", "Strategy", "StreamingWeightedMean", "build_strategy",
     "weighted_average",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from medfed.fl.update import ClientUpdate
-from medfed.tasks.base import LocalHook
+from medfed.tasks.base import LocalHook, Task
 
 State = dict[str, Any]
 
@@ -41,6 +41,10 @@ class Strategy(ABC):
     def prepare(self, model: nn.Module) -> None:
         """Called once by the runner with the freshly built model, before :meth:`initial_state`; strategies
         that treat parts of the weight vector differently (FedBN) read the layout here."""
+
+    def check_task(self, task: Task) -> str | None:
+        """Why this strategy cannot train ``task`` (``None``: it can); checked before any training."""
+        return None
 
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
         return {}
