@@ -237,3 +237,59 @@ def test_unavailable_sites_skip_rounds_deterministically(chest, tmp_path):
     with pytest.raises(ConfigError, match="unknown site\\(s\\) nowhere"):
         run_experiment(experiment(tmp_path, chest, name="bad", availability={"nowhere": 0.5}), tmp_path / "c",
                        progress=False)
+
+
+def test_partition_redraws_the_sites_and_saves_a_reusable_file(chest, tmp_path, capsys):
+    config = experiment(tmp_path, chest, rounds=1)
+    data = yaml.safe_load(config.read_text())
+    data["methods"] = ["fedavg", {"strategy": "fedld", "margin_lambda": 0.03}]
+    data["partition"] = {"method": "dirichlet_label_skew", "n_sites": 3, "alpha": 0.5, "min_size": 5,
+                         "prefix": "part"}
+    config.write_text(yaml.safe_dump(data))
+    result = run_experiment(config, tmp_path / "a", progress=False)
+    partition = pd.read_csv(result.out / "partition.csv")
+    sites = pd.read_csv(result.out / "sites.csv")
+    assert sorted(partition["site"].unique()) == ["part-1", "part-2", "part-3"]
+    assert set(sites["site"]) == {"part-1", "part-2", "part-3"}
+    # every case of the federation, once, by its hashed id (no path or source id)
+    from medfed.sites.federation import load_federation
+
+    cases = load_federation(chest).case_table()
+    assert sorted(partition["case_id"]) == sorted(cases["case_id"]) and not partition["case_id"].duplicated().any()
+    # each case keeps its split
+    merged = partition.merge(cases[["case_id", "split"]], on="case_id")
+    redrawn = pd.concat([s.cases for s in _partitioned_sites(chest, result.out / "partition.csv")])
+    assert (merged.set_index("case_id")["split"].sort_index() == redrawn.set_index("case_id")["split"].sort_index()).all()
+    # the saved file reproduces the run
+    data["partition"] = {"method": "file", "file": str(result.out / "partition.csv")}
+    config.write_text(yaml.safe_dump(data))
+    again = run_experiment(config, tmp_path / "b", progress=False)
+    assert (again.out / "metrics.csv").read_bytes() == (result.out / "metrics.csv").read_bytes()
+    # a partition of other cases is refused, saying how many ids differ
+    partition.loc[0, "case_id"] = "not-a-case"
+    partition.to_csv(tmp_path / "bad.csv", index=False)
+    data["partition"] = {"method": "file", "file": str(tmp_path / "bad.csv")}
+    config.write_text(yaml.safe_dump(data))
+    assert main(["run", str(config), "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "1 partition id(s) are not cases" in err and "1 case(s) of the federation are in no partition" in err
+
+
+def _partitioned_sites(federation_file: Path, partition_file: Path):
+    from medfed.partition import read_partition
+    from medfed.sites.federation import load_federation
+    from medfed.sites.partitioned import repartition
+
+    return repartition(load_federation(federation_file).sites, read_partition(partition_file))
+
+
+def test_fedld_margin_control_is_refused_for_segmentation_before_training(tmp_path, capsys):
+    brain = write_federation("brain_mri", tmp_path / "fed", scale="small", seed=0)
+    config = {"name": "seg", "federation": str(brain), "task": {"kind": "segmentation"},
+              "training": {"rounds": 1}, "methods": ["fedavg", "fedld"]}
+    path = tmp_path / "seg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "methods: fedld" in err and "margin_lambda: 0" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "seg").exists()

@@ -16,7 +16,7 @@ Budgets are matched as FLamby does: every method sees each training case ``round
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -65,6 +65,33 @@ class MethodConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class PartitionConfig(BaseModel):
+    """Re-partition the federation's cases into new sites (:mod:`medfed.partition`) before training.
+
+    ``method``: ``iid``, ``quantity_skew`` (``alpha``), ``dirichlet_label_skew`` (``alpha`` over the classes
+    of ``label``, default the task's first label) or ``file`` (a ``case_id,site`` CSV, e.g. written by an
+    earlier run). The partition used is saved as ``partition.csv`` in the run directory.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["iid", "quantity_skew", "dirichlet_label_skew", "file"]
+    n_sites: int | None = Field(None, ge=1)
+    alpha: float = Field(0.5, gt=0)
+    min_size: int = Field(10, ge=1)
+    label: str | None = None
+    seed: int | None = Field(None, description="default: the experiment's seed")
+    prefix: str = Field("site", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    file: str | None = Field(None, description="method file: the CSV, relative to the experiment file")
+
+    @model_validator(mode="after")
+    def _fields_for_method(self) -> PartitionConfig:
+        if self.method == "file" and not self.file:
+            raise ValueError("method file needs `file` (a case_id,site CSV)")
+        if self.method != "file" and self.n_sites is None:
+            raise ValueError(f"method {self.method} needs `n_sites`")
+        return self
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -73,6 +100,7 @@ class ExperimentConfig(BaseModel):
     task: TaskConfig
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodConfig] = Field(min_length=1)
+    partition: PartitionConfig | None = None
 
     @field_validator("methods", mode="before")
     @classmethod

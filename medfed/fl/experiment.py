@@ -26,7 +26,8 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from medfed.errors import DataProblems, MedfedError
+from medfed.config import resolve_path
+from medfed.errors import ConfigError, DataProblems, MedfedError
 from medfed.fl.config import (
     DEMO_PREFIX,
     ExperimentConfig,
@@ -40,7 +41,16 @@ from medfed.fl.runner import MethodRunner, RunStopped
 from medfed.fl.strategies.local_only import local_key
 from medfed.fl.summary import OWN_MODEL, summary_table
 from medfed.io import atomic_write_text
+from medfed.partition import (
+    dirichlet_label_skew,
+    iid,
+    quantity_skew,
+    read_partition,
+    site_names,
+    write_partition,
+)
 from medfed.sites.federation import Federation, load_federation
+from medfed.sites.partitioned import repartition
 from medfed.tasks import build_task
 
 
@@ -81,6 +91,33 @@ def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
     return False
 
 
+def draw_partition(config: ExperimentConfig, federation: Federation, config_dir: Path) -> pd.Series:
+    """``case_id -> site`` for ``config.partition`` over every case of ``federation`` (seeded)."""
+    spec = config.partition
+    assert spec is not None
+    if spec.method == "file":
+        return read_partition(resolve_path(str(spec.file), config_dir))
+    cases = federation.case_table()
+    seed = config.seed if spec.seed is None else spec.seed
+    names = site_names(int(spec.n_sites or 0), spec.prefix)
+    try:
+        if spec.method == "iid":
+            drawn = iid(cases["case_id"].tolist(), len(names), seed=seed)
+        elif spec.method == "quantity_skew":
+            drawn = quantity_skew(cases["case_id"].tolist(), len(names), spec.alpha, spec.min_size, seed)
+        else:
+            label = spec.label or (config.task.labels[0] if getattr(config.task, "labels", None) else None)
+            if label is None or label not in cases:
+                raise ValueError(f"label {label!r} is not a label column of the federation "
+                                 f"(columns: {', '.join(map(str, cases.columns))}); set partition.label")
+            drawn = dirichlet_label_skew(cases["case_id"].tolist(), cases[label].tolist(), len(names),
+                                         spec.alpha, spec.min_size, seed)
+    except ValueError as err:
+        raise ConfigError(f"partition ({spec.method}): {err}") from None
+    default = site_names(len(names))  # the partitioners name sites site-1..N; use the configured prefix
+    return drawn.map(dict(zip(default, names, strict=True)))
+
+
 def check_federation(task: Any, federation: Federation) -> None:
     """Every site must suit the task; all problems are reported at once."""
     problems = [p for site in federation for p in task.check_site(site)]
@@ -114,17 +151,29 @@ def run_experiment(
         if problems:
             raise DataProblems(problems)
     task = build_task(config.task)
+    assignment = None
+    if config.partition is not None:
+        assignment = draw_partition(config, federation, config_path.parent)
+        federation = Federation(f"{federation.name}-{config.partition.method}",
+                                repartition(federation.sites, assignment, federation.name),
+                                config=federation.config, source=federation.source)
     check_federation(task, federation)
+    strategies = build_strategies(config, str(config_path))
+    refusals = [f"{config_path}: methods: {label}: {reason}" for label, strategy in strategies.items()
+                if (reason := strategy.check_task(task)) is not None]
+    if refusals:
+        raise ConfigError("\n".join(refusals))
     out = Path(out_root) / config.name
     resuming = _prepare_out(out, resolved_config(config, fed_file), resume)
     _write_sites(out / "sites.csv", federation)
+    if assignment is not None:
+        write_partition(out / "partition.csv", assignment)
 
     sites = list(federation)
     names = [s.name for s in sites]
     min_counts = {s.name: s.min_count for s in sites}
     pooled_min = max(min_counts.values())
     eval_data = EvalDatasets(task, sites)
-    strategies = build_strategies(config, str(config_path))
     frames, stopped, failures = [], {}, []
     for label, strategy in strategies.items():
         runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, out / "runs" / label,
