@@ -38,16 +38,15 @@ have had a round (``h != 0``). One float32 model-sized vector, checkpointed. Mem
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from torch import nn
 
 from medfed.fl.client import MarginControl
-from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.robust import BLOCK, collect_updates
-from medfed.fl.update import ClientUpdate
+from medfed.fl.strategies.base import State
+from medfed.fl.strategies.robust import BLOCK, AllModelsStrategy
 from medfed.fl.weights import layout_of
 from medfed.tasks.base import LocalHook, Task
 
@@ -99,7 +98,7 @@ def tensor_chunks(sizes: Sequence[int], num_clients: int) -> list[tuple[int, sli
     return chunks
 
 
-class FedLD(Strategy):
+class FedLD(AllModelsStrategy):
     name: ClassVar[str] = "fedld"
     #: identical updates have rank one, and a rank-one round is FedAvg's
     consensus_fixed_point: ClassVar[bool] = True
@@ -161,12 +160,10 @@ class FedLD(Strategy):
         return self.sizes
 
     # ----------------------------------------------------------------- aggregation
-    def aggregate(
-        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    def combine(
+        self, global_weights: np.ndarray, vectors: list[np.ndarray], counts: np.ndarray, sites: list[str],
+        state: State,
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        vectors, counts, sites = collect_updates(updates)
-        if not sites:
-            return global_weights, state, {"clients": 0}
         sizes = self._checked_sizes(global_weights.size)
         history = state["history"]
         weights = counts / counts.sum() if self.weighting == "examples" else np.full(len(sites), 1.0 / len(sites))

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.robust import collect_updates, columnwise
-from medfed.fl.update import ClientUpdate
+from medfed.fl.strategies.base import State
+from medfed.fl.strategies.robust import AllModelsStrategy, columnwise
 
 
 def coordinate_median(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -18,14 +17,12 @@ def coordinate_median(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return columnwise(list(vectors), lambda block: np.median(block, axis=0))
 
 
-class FedMedian(Strategy):
+class FedMedian(AllModelsStrategy):
     name: ClassVar[str] = "fedmedian"
     weights_by_examples: ClassVar[bool] = False
 
-    def aggregate(
-        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    def combine(
+        self, global_weights: np.ndarray, vectors: list[np.ndarray], counts: np.ndarray, sites: list[str],
+        state: State,
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        vectors, _, sites = collect_updates(updates)
-        if not sites:
-            return global_weights, state, {"clients": 0}
         return coordinate_median(vectors), state, {"clients": len(sites)}

@@ -6,15 +6,14 @@ averaged, unweighted (``scipy.stats.trim_mean``); ``β = beta`` (Flower's defaul
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.stats import trim_mean
 
-from medfed.fl.strategies.base import State, Strategy
-from medfed.fl.strategies.robust import collect_updates, columnwise
-from medfed.fl.update import ClientUpdate
+from medfed.fl.strategies.base import State
+from medfed.fl.strategies.robust import AllModelsStrategy, columnwise
 
 
 def trimmed_mean(vectors: Sequence[np.ndarray], beta: float) -> np.ndarray:
@@ -22,7 +21,7 @@ def trimmed_mean(vectors: Sequence[np.ndarray], beta: float) -> np.ndarray:
     return columnwise(list(vectors), lambda block: trim_mean(block, beta, axis=0))
 
 
-class FedTrimmedAvg(Strategy):
+class FedTrimmedAvg(AllModelsStrategy):
     name: ClassVar[str] = "fedtrimmedavg"
     weights_by_examples: ClassVar[bool] = False
 
@@ -31,12 +30,10 @@ class FedTrimmedAvg(Strategy):
             raise ValueError(f"beta must lie in [0, 0.5), got {beta}")
         self.beta = float(beta)
 
-    def aggregate(
-        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    def combine(
+        self, global_weights: np.ndarray, vectors: list[np.ndarray], counts: np.ndarray, sites: list[str],
+        state: State,
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        vectors, _, sites = collect_updates(updates)
-        if not sites:
-            return global_weights, state, {"clients": 0}
         cut = int(self.beta * len(sites))
         return trimmed_mean(vectors, self.beta), state, {"clients": len(sites), "trimmed_per_side": cut}
 

@@ -9,15 +9,14 @@ as Flower does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from medfed.fl.strategies.base import State, Strategy
+from medfed.fl.strategies.base import State
 from medfed.fl.strategies.fedavg import StreamingWeightedMean
-from medfed.fl.strategies.robust import collect_updates, column_blocks
-from medfed.fl.update import ClientUpdate
+from medfed.fl.strategies.robust import AllModelsStrategy, column_blocks
 
 
 def krum_scores(vectors: Sequence[np.ndarray], num_malicious: int) -> np.ndarray:
@@ -33,7 +32,7 @@ def krum_scores(vectors: Sequence[np.ndarray], num_malicious: int) -> np.ndarray
     return np.sort(distances, axis=1)[:, :closest].sum(axis=1)
 
 
-class Krum(Strategy):
+class Krum(AllModelsStrategy):
     name: ClassVar[str] = "krum"
 
     def __init__(self, num_malicious_clients: int = 0, num_clients_to_keep: int = 0) -> None:
@@ -47,12 +46,10 @@ class Krum(Strategy):
         """Krum adopts one model; Multi-Krum averages its selection by ``num_examples``."""
         return self.num_clients_to_keep > 0
 
-    def aggregate(
-        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    def combine(
+        self, global_weights: np.ndarray, vectors: list[np.ndarray], counts: np.ndarray, sites: list[str],
+        state: State,
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
-        vectors, counts, sites = collect_updates(updates)
-        if not sites:
-            return global_weights, state, {"clients": 0}
         if len(sites) == 1:
             return vectors[0].copy(), state, {"clients": 1, "selected": sites}
         scores = krum_scores(vectors, self.num_malicious_clients)

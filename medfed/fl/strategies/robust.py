@@ -5,10 +5,13 @@ block of ``BLOCK`` values, never a second copy of the K models."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
+from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.update import ClientUpdate
 
 #: values per float64 block (64 MiB): a block spans ``BLOCK // K`` columns of the K models
@@ -43,3 +46,23 @@ def columnwise(vectors: Sequence[np.ndarray], statistic: Callable[[np.ndarray], 
     for columns, block in column_blocks(vectors):
         out[columns] = statistic(block)
     return out
+
+
+class AllModelsStrategy(Strategy):
+    """A strategy whose maths compares the round's client models: it collects the K updates once, keeps the
+    global model when none arrived, and hands the rest to :meth:`combine`."""
+
+    def aggregate(
+        self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
+    ) -> tuple[np.ndarray, State, dict[str, Any]]:
+        vectors, counts, sites = collect_updates(updates)
+        if not sites:
+            return global_weights, state, {"clients": 0}
+        return self.combine(global_weights, vectors, counts, sites, state)
+
+    @abstractmethod
+    def combine(
+        self, global_weights: np.ndarray, vectors: list[np.ndarray], counts: np.ndarray, sites: list[str],
+        state: State,
+    ) -> tuple[np.ndarray, State, dict[str, Any]]:
+        """The new global model from K >= 1 float32 client vectors, their ``num_examples`` and sites."""
