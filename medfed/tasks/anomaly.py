@@ -1,15 +1,27 @@
 """Anomaly detection with a convolutional autoencoder (ureteroscopy kidney-stone images).
 
-The autoencoder is trained on *normal* cases only (``normal_classes`` of ``label_column``) to minimise
-the mean squared reconstruction error; a case's anomaly score is its reconstruction error
-``s(x) = mean((x - AE(x))^2)`` over pixels and channels, as in Reyes-Amezcua et al. 2025 (arXiv
-2510.06230). Cases of any other class are anomalies (target 1).
+The autoencoder is trained on *normal* images to minimise the mean squared reconstruction error; a case's
+anomaly score is its reconstruction error ``s(x) = mean((x - AE(x))^2)`` over pixels and channels, as in
+Reyes-Amezcua et al. 2025 (arXiv 2510.06230). What is anomalous (``target``):
 
-Threshold policy (chosen on validation records, per evaluated site and model):
+``class``
+    cases of ``normal_classes`` (of ``label_column``) are normal and the only training cases; cases of any
+    other class are anomalies (target 1).
+``corruption`` (the papers' setting)
+    every training case is normal; each evaluated case appears twice, clean (target 0, its own case id)
+    and corrupted (target 1, id ``<case_id>~<corruption>``) by one of ``test_corruption.types`` (drawn per
+    case, seeded) at ``test_corruption.severity`` (:mod:`medfed.synth.corruptions`). The two copies of a
+    case are resampled as separate records by the report's bootstrap.
+
+Threshold policy (chosen on validation records, per evaluated site and model; the papers pick Youden's J
+on the test set itself, an oracle we do not copy):
 
 ``f1``
     the cut between consecutive validation scores that maximises F1 (ties: the lowest such cut); falls
     back to ``percentile`` when the validation split lacks normal or anomalous cases.
+``youden``
+    the cut maximising Youden's J = sensitivity + specificity - 1 (ties: the lowest cut); falls back like
+    ``f1``.
 ``percentile``
     the ``percentile``-th percentile of the normal validation cases' scores (false-positive rate
     about ``1 - percentile/100``).
@@ -23,28 +35,60 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.transforms import Compose
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from medfed.errors import Problem
 from medfed.metrics import auroc, confusion_metrics
+from medfed.seeding import derive_seed
 from medfed.sites.base import Site
+from medfed.synth.corruptions import CORRUPTION_NAMES, Corrupt
 from medfed.tasks.base import Task, TaskConfigBase, records_frame
 from medfed.tasks.models import build_network
 
 RECORD_COLUMNS = ("case_id", "score", "target")
 
 
+class TestCorruption(BaseModel):
+    """The corruptions that make the anomalous copy of each evaluated case (``target: corruption``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    types: list[str] = Field(default_factory=lambda: list(CORRUPTION_NAMES), min_length=1)
+    severity: int = Field(3, ge=1, le=5)
+    seed: int = 0
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _all(cls, value: Any) -> Any:
+        return list(CORRUPTION_NAMES) if value == "all" else [value] if isinstance(value, str) else value
+
+    @field_validator("types")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in CORRUPTION_NAMES]
+        if unknown:
+            raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTION_NAMES)} or 'all'")
+        return value
+
+
 class AnomalyConfig(TaskConfigBase):
     kind: Literal["anomaly"] = "anomaly"
+    target: Literal["class", "corruption"] = "class"
     label_column: str = "stone_type"
-    normal_classes: list[str] = Field(min_length=1)
+    normal_classes: list[str] = Field(default_factory=list)
+    test_corruption: TestCorruption = TestCorruption()
     in_channels: int = 3
     spatial_dims: int = 2
-    threshold_policy: Literal["f1", "percentile"] = "f1"
+    threshold_policy: Literal["f1", "youden", "percentile"] = "f1"
     percentile: float = Field(95.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _normal_classes_for_class_target(self) -> AnomalyConfig:
+        if self.target == "class" and not self.normal_classes:
+            raise ValueError("target 'class' needs normal_classes (the classes the autoencoder learns)")
+        return self
 
 
 def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
@@ -62,6 +106,18 @@ def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
     return float(cuts[int(np.argmax(f1))])
 
 
+def youden_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
+    """Cut maximising ``TPR - FPR`` of ``scores >= cut`` among midpoints of sorted unique scores; ``None`` if undefined."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
+    if targets.all() or not targets.any():
+        return None
+    unique = np.unique(scores)
+    cuts = np.concatenate([(unique[:-1] + unique[1:]) / 2, [unique[-1]]]) if unique.size > 1 else unique
+    predicted = scores[None, :] >= cuts[:, None]
+    j = (predicted & targets).sum(axis=1) / targets.sum() - (predicted & ~targets).sum(axis=1) / (~targets).sum()
+    return float(cuts[int(np.argmax(j))])
+
+
 class _AnomalyTarget:
     """Adds ``anomaly`` (1 = not a normal class) from the site's public labels, keyed by case id."""
 
@@ -71,6 +127,33 @@ class _AnomalyTarget:
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         item["anomaly"] = self.targets[item["case_id"]]
         return item
+
+
+class _Target:
+    """Sets ``anomaly`` to a fixed value and suffixes the case id (the corrupted copy of a case)."""
+
+    def __init__(self, value: int, suffix: str = "") -> None:
+        self.value, self.suffix = value, suffix
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        item["anomaly"] = self.value
+        item["case_id"] = f"{item['case_id']}{self.suffix}"
+        return item
+
+
+class _CorruptCopy:
+    """The anomalous copy of a case: one of ``types`` (chosen from the case id, seeded), id ``<case_id>~<type>``."""
+
+    def __init__(self, spec: TestCorruption) -> None:
+        self.spec = spec
+        self.corrupters = {name: Corrupt(name, spec.severity, 1.0, spec.seed) for name in spec.types}
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        types = self.spec.types
+        name = types[derive_seed(self.spec.seed, "test-corruption", item["case_id"]) % len(types)]
+        item = self.corrupters[name](item)
+        item.pop("corrupted", None)
+        return _Target(1, f"~{name}")(item)
 
 
 class AnomalyTask(Task):
@@ -86,10 +169,14 @@ class AnomalyTask(Task):
 
     def _normal_ids(self, site: Site, split: str) -> list[str]:
         rows = site.split(split)
+        if self.config.target == "corruption":
+            return rows["case_id"].tolist()
         return rows.loc[rows[self.config.label_column].astype(str).isin(self.config.normal_classes), "case_id"].tolist()
 
     def check_site(self, site: Site) -> list[Problem]:
         column = self.config.label_column
+        if self.config.target == "corruption":
+            return [] if self._normal_ids(site, "train") else [site.problem("no training case")]
         if column not in site.cases:
             return [site.problem(f"anomaly detection needs label column {column!r}; site has {site.label_columns}")]
         if not self._normal_ids(site, "train"):
@@ -101,11 +188,19 @@ class AnomalyTask(Task):
         normal = cases[self.config.label_column].astype(str).isin(self.config.normal_classes)
         return dict(zip(cases["case_id"], (~normal).astype(int)))
 
+    def training_case_ids(self, site: Site) -> list[str]:
+        return self._normal_ids(site, "train")
+
     def train_dataset(self, site: Site) -> Dataset:
         return site.dataset("train", case_ids=self._normal_ids(site, "train"))
 
     def eval_dataset(self, site: Site, split: str) -> Dataset:
-        return site.dataset(split, transform=Compose([site.default_transform(split), _AnomalyTarget(self._targets(site))]))
+        base = site.default_transform(split)
+        if self.config.target == "corruption":
+            clean = site.dataset(split, transform=Compose([base, _Target(0)]))
+            corrupted = site.dataset(split, transform=Compose([base, _CorruptCopy(self.config.test_corruption)]))
+            return ConcatDataset([clean, corrupted])
+        return site.dataset(split, transform=Compose([base, _AnomalyTarget(self._targets(site))]))
 
     def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return F.mse_loss(outputs, batch["image"])
@@ -124,8 +219,9 @@ class AnomalyTask(Task):
     def calibrate(self, val_records: pd.DataFrame) -> float | None:
         scores = val_records["score"].to_numpy(dtype=float)
         targets = val_records["target"].to_numpy()
-        if self.config.threshold_policy == "f1":
-            cut = f1_threshold(scores, targets)
+        if self.config.threshold_policy in ("f1", "youden"):
+            choose = f1_threshold if self.config.threshold_policy == "f1" else youden_threshold
+            cut = choose(scores, targets)
             if cut is not None:
                 return cut
         normal = scores[targets == 0]

@@ -112,6 +112,10 @@ class Task(ABC):
     @abstractmethod
     def train_dataset(self, site: Site) -> Dataset: ...
 
+    def training_case_ids(self, site: Site) -> list[str]:
+        """Ids of the cases :meth:`train_dataset` trains on (default: the whole training split)."""
+        return site.split("train")["case_id"].tolist()
+
     @abstractmethod
     def eval_dataset(self, site: Site, split: str) -> Dataset: ...
 
@@ -209,6 +213,19 @@ class Task(ABC):
                     if max_steps is not None and result.steps >= max_steps:
                         return result
         return result
+
+    @torch.no_grad()
+    def mean_loss(self, model: nn.Module, dataset: Dataset) -> float:
+        """``(1/N) sum_batches n_b * loss_b``: the task loss of ``model`` (eval mode) over ``dataset``'s N cases."""
+        model.eval()
+        total, count = 0.0, 0
+        for batch in self.batches(dataset):
+            n = int(batch["image"].shape[0])
+            total += float(self.loss(model, batch)) * n
+            count += n
+        if count == 0:
+            raise ValueError("no case to compute a loss on")
+        return total / count
 
     def batches(self, dataset: Dataset) -> Iterable[dict[str, Any]]:
         """Evaluation batches in dataset order."""

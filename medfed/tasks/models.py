@@ -3,6 +3,7 @@
 The task supplies the input/output arguments (spatial dims, channels, classes); the config chooses the
 architecture and its size. Friendly names have small defaults that train on a CPU in seconds; any other
 ``name`` is looked up in ``monai.networks.nets`` and called with the config's keyword arguments.
+``conv_autoencoder`` is medfed's own (:mod:`medfed.tasks.conv_autoencoder`, the FedAgain papers' network).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from monai.networks import nets
 from torch import nn
 
 from medfed.errors import ConfigError
+from medfed.tasks.conv_autoencoder import ConvAutoencoder
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
     """How to call one MONAI network class: which keyword takes which input/output argument."""
 
-    cls: str
+    cls: str | type[nn.Module]  # a class name in monai.networks.nets, or a class
     io: dict[str, str]  # medfed argument -> the class's keyword
     defaults: dict[str, Any]
 
@@ -60,6 +62,13 @@ NETWORKS: dict[str, NetworkSpec] = {
         {"spatial_dims": "spatial_dims", "in_channels": "in_channels", "out_channels": "out_channels"},
         {"channels": [16, 32, 64], "strides": [2, 2, 2], "num_res_units": 0},
     ),
+    # Reyes-Amezcua et al. 2025/2026 (FedAgain): conv + BN + LeakyReLU encoder, linear latent, mirrored
+    # decoder; paper widths 64..1024 at 256 px, here narrow by default (set channels / image_size)
+    "conv_autoencoder": NetworkSpec(
+        ConvAutoencoder,
+        {"spatial_dims": "", "in_channels": "in_channels", "out_channels": "out_channels"},
+        {"channels": [8, 16, 32, 64, 128], "latent_dim": 128, "image_size": 64},
+    ),
 }
 
 
@@ -72,8 +81,8 @@ def build_network(
     io = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels}
     if name.lower() in NETWORKS:
         known = NETWORKS[name.lower()]
-        cls = getattr(nets, known.cls)
-        kwargs = {**known.defaults, **options, **{known.io[k]: v for k, v in io.items()}}
+        cls = getattr(nets, known.cls) if isinstance(known.cls, str) else known.cls
+        kwargs = {**known.defaults, **options, **{known.io[k]: v for k, v in io.items() if known.io[k]}}
     elif hasattr(nets, name):
         cls = getattr(nets, name)
         accepted = inspect.signature(cls).parameters
@@ -87,5 +96,5 @@ def build_network(
         torch.manual_seed(seed)
         try:
             return cls(**kwargs)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"task model {name!r}: {err}") from None
