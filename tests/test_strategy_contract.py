@@ -34,8 +34,10 @@ P = 8  # parameters of MODEL: Linear(1, 2) weight and bias, GroupNorm(1, 2) weig
 
 def model() -> nn.Module:
     return nn.Sequential(nn.Linear(1, 2), nn.GroupNorm(1, 2))
+#: configurations that run without a server benchmark set (FedAgain's server signal is tested in test_fedagain)
+STANDALONE = {"fedagain": {"reliability": "client"}}
 #: every strategy, plus Multi-Krum as a configuration of its own
-CONFIGS = [(n, {}) for n in sorted(STRATEGIES)] + [("krum", {"num_clients_to_keep": 2})]
+CONFIGS = [(n, STANDALONE.get(n, {})) for n in sorted(STRATEGIES)] + [("krum", {"num_clients_to_keep": 2})]
 IDS = [n + ("-multi" if p else "") for n, p in CONFIGS]
 
 
@@ -44,7 +46,8 @@ def _sites(strategy) -> list[str]:
 
 
 def _round(strategy, start, state, weights, counts, sites):
-    info = {"steps": 2, "lr": 0.5}  # what the runner reports with each update (SCAFFOLD uses it)
+    # what the runner reports with each update (SCAFFOLD uses steps and lr, FedAgain's client signal start_loss)
+    info = {"steps": 2, "lr": 0.5, "start_loss": 0.5}
     batch = [ClientUpdate(s, w, int(n), info) for s, w, n in zip(sites, weights, counts, strict=True)]
     return strategy.aggregate(start, iter(batch), state)
 
@@ -108,7 +111,7 @@ def test_contract(name, params, tmp_path):
 
 @pytest.mark.parametrize("name", SYMMETRIC)
 def test_site_order_does_not_matter(name):
-    strategy = build_strategy(name)
+    strategy = build_strategy(name, STANDALONE.get(name))
     strategy.prepare(model())
     rng = np.random.default_rng(1)
     start = rng.normal(size=P).astype(np.float32)

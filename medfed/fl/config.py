@@ -8,6 +8,9 @@
     task: {kind: classification, labels: [Pneumonia], model: {name: resnet}}
     training: {rounds: 5, local_epochs: 1, eval_every: 1, fraction_fit: 1.0, min_fit_clients: 1}
     methods: [local_only, fedavg, {strategy: fedprox, proximal_mu: 0.01}, centralised]
+    site_conditions:                    # optional: simulated corrupted / malicious sites
+      site-3: {corruption: {type: motion_blur, severity: 3}, adversary: {kind: forger}}
+    server_benchmark: {cases: 12}       # optional: training cases held by the server (FedAgain)
 
 Budgets are matched as FLamby does: every method sees each training case ``rounds * local_epochs`` times
 (centralised: ``rounds * local_epochs`` epochs over the pooled data), when ``fraction_fit`` is 1.
@@ -22,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medfed.config import read_yaml, validate_model
 from medfed.errors import ConfigError
+from medfed.fl.adversaries import AdversaryConfig
 from medfed.fl.strategies import STRATEGIES, Strategy, build_strategy
+from medfed.sites.conditioned import CorruptionConfig
 from medfed.tasks import TaskConfig
 
 DEMO_PREFIX = "demo:"
@@ -32,6 +37,10 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rounds: int = Field(5, ge=1)
     local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(
+        None, ge=1, description="if set: exactly this many optimiser steps per site and round, cycling the site's "
+        "data (FLamby's num_updates), instead of local_epochs passes; every site then does the same local work"
+    )
     eval_every: int = Field(0, ge=0, description="evaluate on val and test every N rounds; 0 = only at the end")
     fraction_fit: float = Field(1.0, gt=0, le=1, description="share of sites sampled each round (Flower's name)")
     min_fit_clients: int = Field(1, ge=1, description="sites sampled at least, and needed for a round to count")
@@ -92,6 +101,24 @@ class PartitionConfig(BaseModel):
         return self
 
 
+class SiteConditions(BaseModel):
+    """Simulated conditions of one site: corrupted images (:mod:`medfed.sites.conditioned`) and/or an
+    adversary (:mod:`medfed.fl.adversaries`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    corruption: CorruptionConfig | None = None
+    adversary: AdversaryConfig | None = None
+
+
+class ServerBenchmarkConfig(BaseModel):
+    """A small benchmark set the server holds: ``cases`` training cases (of the task's training pool) drawn
+    from all sites with ``(seed, "server-benchmark")`` and removed from their sites, for every method."""
+
+    model_config = ConfigDict(extra="forbid")
+    cases: int = Field(16, ge=1)
+    seed: int | None = Field(None, description="default: the experiment's seed")
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -101,6 +128,8 @@ class ExperimentConfig(BaseModel):
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodConfig] = Field(min_length=1)
     partition: PartitionConfig | None = None
+    site_conditions: dict[str, SiteConditions] = Field(default_factory=dict)
+    server_benchmark: ServerBenchmarkConfig | None = None
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from medfed.errors import ConfigError, DataProblems, MedfedError
 from medfed.fl.config import (
     DEMO_PREFIX,
     ExperimentConfig,
+    SiteConditions,
     build_strategies,
     federation_path,
     load_experiment,
@@ -38,6 +40,12 @@ from medfed.fl.config import (
 from medfed.fl.evaluation import EvalDatasets, evaluate_models, metric_table
 from medfed.fl.names import REPORT_FILES
 from medfed.fl.runner import MethodRunner, RunStopped
+from medfed.fl.scenario import (
+    apply_conditions,
+    identity_assignment,
+    split_server,
+    with_server_benchmark,
+)
 from medfed.fl.strategies.local_only import local_key
 from medfed.fl.summary import OWN_MODEL, summary_table
 from medfed.io import atomic_write_text
@@ -154,30 +162,52 @@ def run_experiment(
     assignment = None
     if config.partition is not None:
         assignment = draw_partition(config, federation, config_path.parent)
-        federation = Federation(f"{federation.name}-{config.partition.method}",
-                                repartition(federation.sites, assignment, federation.name),
-                                config=federation.config, source=federation.source)
+    partition = assignment
+    server_site = None
+    if config.server_benchmark is not None:
+        base = assignment if assignment is not None else identity_assignment(federation)
+        assignment = with_server_benchmark(task, federation, base, config.server_benchmark, config.seed)
+    if assignment is not None:
+        order = None if config.partition is not None else federation.site_names
+        sites, server_site = split_server(repartition(federation.sites, assignment, federation.name))
+        if order is not None:
+            sites = sorted(sites, key=lambda s: order.index(s.name))
+        suffix = f"-{config.partition.method}" if config.partition is not None else ""
+        federation = Federation(f"{federation.name}{suffix}", sites, config=federation.config, source=federation.source)
+    federation = apply_conditions(federation, config.site_conditions, config.seed)
     check_federation(task, federation)
     strategies = build_strategies(config, str(config_path))
     refusals = [f"{config_path}: methods: {label}: {reason}" for label, strategy in strategies.items()
                 if (reason := strategy.check_task(task)) is not None]
+    refusals += [f"{config_path}: methods: {label}: needs a benchmark set held by the server; add "
+                 "`server_benchmark: {cases: N}` to the experiment (or use reliability: client)"
+                 for label, strategy in strategies.items()
+                 if strategy.needs_server_benchmark() and server_site is None]
+    refusals += [f"{config_path}: site_conditions: {site}: label_flip has no effect on anomaly target "
+                 "'corruption' (every training image is normal); poison the data with `corruption` instead"
+                 for site, spec in config.site_conditions.items()
+                 if spec.adversary is not None and spec.adversary.kind == "label_flip"
+                 and getattr(config.task, "target", None) == "corruption"]
     if refusals:
         raise ConfigError("\n".join(refusals))
     out = Path(out_root) / config.name
     resuming = _prepare_out(out, resolved_config(config, fed_file), resume)
-    _write_sites(out / "sites.csv", federation)
-    if assignment is not None:
-        write_partition(out / "partition.csv", assignment)
+    _write_sites(out / "sites.csv", federation, config.site_conditions)
+    if partition is not None:
+        write_partition(out / "partition.csv", partition)
 
     sites = list(federation)
     names = [s.name for s in sites]
     min_counts = {s.name: s.min_count for s in sites}
     pooled_min = max(min_counts.values())
     eval_data = EvalDatasets(task, sites)
+    adversaries = {site: spec.adversary for site, spec in config.site_conditions.items() if spec.adversary is not None}
+    benchmark = task.train_dataset(server_site) if server_site is not None else None
     frames, stopped, failures = [], {}, []
     for label, strategy in strategies.items():
         runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, out / "runs" / label,
-                              eval_datasets=eval_data, progress=progress)
+                              eval_datasets=eval_data, progress=progress, adversaries=adversaries,
+                              server_benchmark=benchmark)
         try:
             result = runner.run(resume=resuming)
         except RunStopped as err:
@@ -220,12 +250,27 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def _write_sites(path: Path, federation: Federation) -> None:
-    """``sites.csv`` (counts per split) and ``sites.json`` (whole summaries); all counts already suppressed."""
+def describe_conditions(spec: SiteConditions) -> str:
+    """``"corruption motion_blur severity 3 on 100% of train; adversary forger (claimed_examples 60)"``."""
+    parts = []
+    if spec.corruption is not None:
+        c = spec.corruption
+        parts.append(f"corruption {c.type} severity {c.severity} on {c.fraction:.0%} of {'/'.join(c.splits)}")
+    if spec.adversary is not None:
+        options = spec.adversary.model_dump(exclude_unset=True, exclude={"kind"})
+        detail = ", ".join(f"{k} {v}" for k, v in options.items())
+        parts.append(f"adversary {spec.adversary.kind}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts) or "none"
+
+
+def _write_sites(path: Path, federation: Federation, conditions: Mapping[str, SiteConditions]) -> None:
+    """``sites.csv`` (counts per split) and ``sites.json`` (whole summaries, with simulated conditions); all
+    counts already suppressed."""
     rows, summaries = [], []
     for site in federation:
         summary = site.summary()
         rows.append({"site": site.name, "cases": summary["cases"], **summary["splits"]})
-        summaries.append({**summary, "min_count": site.min_count})
+        extra = {"conditions": describe_conditions(conditions[site.name])} if site.name in conditions else {}
+        summaries.append({**summary, "min_count": site.min_count, **extra})
     _write_csv(path, pd.DataFrame(rows))
     atomic_write_text(path.with_suffix(".json"), json.dumps(summaries, indent=1))

@@ -7,7 +7,8 @@ Round ``r`` of a method:
    (:mod:`medfed.fl.sampling`);
 2. for each sampled site, in federation order, load the strategy's start weights, train ``local_epochs``
    with randomness from ``(seed, "train", r, site)``, and hand the update to the strategy's ``aggregate``
-   as soon as it exists (one client model in memory at a time);
+   as soon as it exists (one client model in memory at a time); a site configured as an adversary
+   (:mod:`medfed.fl.adversaries`) submits its forged weights instead, drawn from ``(seed, "attack", r, site)``;
 3. a site whose local training raises is dropped from the round and recorded; the round counts if at least
    ``min(min_fit_clients, sites)`` updates arrived, otherwise the run stops (:class:`RunStopped`) keeping
    its checkpoints and log;
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from medfed.errors import ConfigError, MedfedError
+from medfed.fl.adversaries import AdversaryConfig, AttackContext, build_adversary
 from medfed.fl.checkpoint import load_checkpoint, save_checkpoint
 from medfed.fl.config import TrainingConfig
 from medfed.fl.evaluation import EvalDatasets, evaluate_on_site, metrics_by_site
@@ -43,7 +45,7 @@ from medfed.fl.sampling import available_sites, sample_sites
 from medfed.fl.strategies import Strategy
 from medfed.fl.strategies.centralised import POOLED
 from medfed.fl.update import ClientUpdate
-from medfed.fl.weights import get_weights, set_weights
+from medfed.fl.weights import get_weights, layout_of, set_weights
 from medfed.io import atomic_write_text
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites.base import Site
@@ -104,6 +106,8 @@ class MethodRunner:
         run_dir: Path,
         eval_datasets: EvalDatasets | None = None,
         progress: bool = True,
+        adversaries: Mapping[str, AdversaryConfig] | None = None,
+        server_benchmark: Dataset | None = None,
     ) -> None:
         self.name = name
         self.task = task
@@ -115,6 +119,8 @@ class MethodRunner:
         self.run_dir = Path(run_dir)
         self.eval_datasets = eval_datasets
         self.progress = progress
+        self.adversaries = {site: (build_adversary(c), c) for site, c in (adversaries or {}).items()}
+        self.server_benchmark = server_benchmark
         self.min_counts = {s.name: s.min_count for s in self.sites}
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
         self._local_lr = float(task.config.optimizer.lr)  # SCAFFOLD's control variates need the local step size
@@ -123,6 +129,9 @@ class MethodRunner:
             if unknown:
                 raise ConfigError(f"training.availability names unknown site(s) {', '.join(unknown)}; "
                                   f"sites are {', '.join(self.site_names)}")
+        unknown = sorted(set(self.adversaries) - set(self.site_names))
+        if unknown:
+            raise ConfigError(f"adversaries name unknown site(s) {', '.join(unknown)}; sites are {', '.join(self.site_names)}")
 
     # ----------------------------------------------------------------- public
     def run(self, resume: bool = False) -> MethodResult:
@@ -130,6 +139,9 @@ class MethodRunner:
         model = self.task.build_model(derive_seed(self.seed, "init"))
         global_weights = get_weights(model)
         self.strategy.prepare(model)
+        self.strategy.attach_server_data(self.task, self.task.build_model(derive_seed(self.seed, "init")),
+                                         self.server_benchmark)
+        self._float_mask = layout_of(model).is_float()
         state = self.strategy.initial_state(global_weights, self.clients)
         log: list[dict[str, Any]] = []
         start = 1
@@ -200,6 +212,14 @@ class MethodRunner:
             return list(self.clients)
         return available_sites(self.clients, self.training.availability, rng_for(self.seed, "available", rnd))
 
+    def _local_budget(self) -> dict[str, Any]:
+        """``local_train`` arguments: ``local_epochs`` passes, or exactly ``local_steps`` steps (each epoch has
+        at least one step, so ``local_steps`` epochs always suffice)."""
+        steps = self.training.local_steps
+        if steps is None:
+            return {"epochs": self.training.local_epochs}
+        return {"epochs": steps, "max_steps": steps}
+
     def _client_updates(
         self, model: Any, datasets: dict[str, Dataset], sampled: list[str], rnd: int,
         global_weights: np.ndarray, state: dict[str, Any], record: dict[str, Any],
@@ -210,13 +230,25 @@ class MethodRunner:
         for site in bar:
             bar.set_postfix_str(site)
             try:
-                set_weights(model, self.strategy.client_weights(global_weights, site, state))
+                start = self.strategy.client_weights(global_weights, site, state)
+                set_weights(model, start)
+                info: dict[str, Any] = {}
+                if self.strategy.wants_start_loss:
+                    info["start_loss"] = self.task.mean_loss(model, datasets[site])
                 hooks = self.strategy.client_hooks(model, site, state)
                 result = self.task.local_train(
-                    model, datasets[site], epochs=self.training.local_epochs,
+                    model, datasets[site], **self._local_budget(),
                     seed=derive_seed(self.seed, "train", rnd, site), hooks=hooks,
                 )
                 weights = get_weights(model)
+                num_examples = result.num_examples
+                if site in self.adversaries:
+                    adversary, spec = self.adversaries[site]
+                    weights = adversary.forge(AttackContext(
+                        self.task, model, datasets[site], start, weights, self._float_mask,
+                        self._local_budget(), derive_seed(self.seed, "attack", rnd, site)))
+                    num_examples = spec.claimed_examples or num_examples
+                    record.setdefault("adversarial", {})[site] = spec.kind
                 if not np.isfinite(weights).all():
                     raise FloatingPointError("local weights contain NaN or infinity")
             except Exception as err:  # noqa: BLE001 - any failure of a site drops it from this round
@@ -226,9 +258,9 @@ class MethodRunner:
                 continue
             record["completed"].append(site)
             record["train_loss"][site] = result.mean_loss
-            record["num_examples"][site] = result.num_examples
-            yield ClientUpdate(site, weights, result.num_examples,
-                               {"loss": result.mean_loss, "steps": result.steps, "lr": self._local_lr})
+            record["num_examples"][site] = num_examples
+            yield ClientUpdate(site, weights, num_examples,
+                               {"loss": result.mean_loss, "steps": result.steps, "lr": self._local_lr, **info})
 
     def _evaluate_round(self, model: Any, global_weights: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
         assert self.eval_datasets is not None

@@ -10,6 +10,7 @@ from medfed.fl.strategies.centralised import Centralised
 from medfed.fl.strategies.cyclic import Cyclic
 from medfed.fl.strategies.fedadagrad import FedAdagrad
 from medfed.fl.strategies.fedadam import FedAdam
+from medfed.fl.strategies.fedagain import FedAgain
 from medfed.fl.strategies.fedavg import FedAvg, StreamingWeightedMean, weighted_average
 from medfed.fl.strategies.fedavgm import FedAvgM
 from medfed.fl.strategies.fedbn import FedBN
@@ -25,7 +26,7 @@ from medfed.fl.strategies.scaffold import Scaffold
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (LocalOnly, FedAvg, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedBN, FedMedian,
-                FedTrimmedAvg, Krum, FedLD, Cyclic, Centralised)
+                FedTrimmedAvg, Krum, FedLD, FedAgain, Cyclic, Centralised)
 }
 
 
@@ -40,7 +41,7 @@ def build_strategy(name: str, params: dict[str, Any] | None = None, source: str 
 
 
 __all__ = [
-    "STRATEGIES", "Centralised", "Cyclic", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBN", "FedLD", "FedMedian", "FedProx",
+    "STRATEGIES", "Centralised", "Cyclic", "FedAdagrad", "FedAdam", "FedAgain", "FedAvg", "FedAvgM", "FedBN", "FedLD", "FedMedian", "FedProx",
     "FedTrimmedAvg", "FedYogi", "Krum", "LocalOnly", "Scaffold", "State", "Strategy", "StreamingWeightedMean", "build_strategy",
     "weighted_average",
 ]

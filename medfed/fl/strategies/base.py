@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
+from torch.utils.data import Dataset
 
 from medfed.fl.update import ClientUpdate
 from medfed.tasks.base import LocalHook, Task
@@ -37,6 +38,18 @@ class Strategy(ABC):
     weights_by_examples: ClassVar[bool] = True
     #: True: the result does not depend on the order in which sites report
     order_invariant: ClassVar[bool] = True
+
+    #: True: the runner adds ``start_loss`` to each update's diagnostics: the mean task loss of the model the
+    #: site received on its own training data, before local training (a client-reported statistic)
+    wants_start_loss: bool = False
+
+    def needs_server_benchmark(self) -> bool:
+        """Whether the server must hold a benchmark set (the experiment's ``server_benchmark``)."""
+        return False
+
+    def attach_server_data(self, task: Task, model: nn.Module, benchmark: Dataset | None) -> None:
+        """Called once by the runner after :meth:`prepare`: the task, a scratch model of the same layout and
+        the server's own benchmark data (``None`` when the experiment gives none)."""
 
     def prepare(self, model: nn.Module) -> None:
         """Called once by the runner with the freshly built model, before :meth:`initial_state`; strategies
