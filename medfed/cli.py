@@ -104,19 +104,31 @@ def default_experiments() -> list[Path]:
 def cmd_run(args: argparse.Namespace) -> int:
     from medfed.demo import default_data_dir, ensure_demo
     from medfed.fl.experiment import run_experiment, uses_demo
+    from medfed.fl.sweep import combine, expand, markdown_table
 
     started = time.perf_counter()
     configs = list(args.configs) or default_experiments()
     data_dir = Path(args.data) if args.data else default_data_dir()
     exit_code = 0
+    expanded: list[tuple[Path, Path]] = []  # (experiment config, output root)
+    sweeps = []
     for config in configs:
+        family = expand(Path(config), Path(args.out))
+        if family is None:
+            expanded.append((Path(config), Path(args.out)))
+            continue
+        sweep, name, variants = family
+        root = Path(args.out) / name
+        expanded += [(path, root) for _, path in variants]
+        sweeps.append((sweep, root, [(value, root / f"{name}-{value}") for value, _ in variants]))
+    for config, out_root in expanded:
         demo: dict[str, Path] = {}
         modality = uses_demo(config)
         if modality is not None:
             print(f"{config}: demo federation {modality!r} under {data_dir / args.scale} (generated when missing)")
             demo = ensure_demo(data_dir, scale=args.scale, seed=args.seed, modalities=(modality,))
         result = run_experiment(
-            config, args.out, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
+            config, out_root, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
             overrides={"rounds": args.rounds} if args.rounds else None, validate=True,
         )
         print(f"\n== {result.name}: {result.primary_metric} on each site's test split "
@@ -133,6 +145,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"   results: {result.out}/metrics.csv, predictions/, runs/<method>/rounds.jsonl")
         if len(result.metrics):
             _report([result.out], None, _report_options(args))
+    for sweep, root, runs in sweeps:
+        table = combine(sweep, root, runs)
+        if len(table):
+            print(f"\n== sweep over {sweep.parameter}: pooled test precision and F1 [95% CI] ==")
+            print(markdown_table(table, sweep.parameter))
+            print(f"   sweep table: {root / 'sweep.csv'}, {root / 'sweep.md'}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return exit_code
 

@@ -144,32 +144,10 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
         cases = site_cases(run.task_kind, site, frames, labels) if n else None
         note = _ci_note(n, min_count, cases, options)
         notes[site] = note
-        suppressed = n < min_count
-        if not suppressed and n:
+        if n >= min_count and n:
             shown.append(site)
-        with_ci = cases is not None and not note
-        distributions = {}
-        if with_ci:
-            distributions = bootstrap_distributions(
-                cases.statistics, n, n_resamples=options.n_resamples, seed=rng_for(options.seed, "report", site),
-                strata=cases.strata,
-            )
-        estimates = {key: point_estimate(stat) for key, stat in cases.statistics.items()} if cases else {}
-        for method in run.methods:
-            for spec in specs:
-                key = (method, spec.name)
-                row = {"site": site, "method": method, "metric": spec.name, "label": spec.label, "unit": spec.unit,
-                       "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "ci_method": "",
-                       "n_cases": suppress_count(n, min_count), "note": note}
-                if cases is not None and not suppressed and key in cases.statistics:
-                    row["estimate"] = estimates[key]
-                    if with_ci:
-                        interval = confidence_interval(cases.statistics[key], distributions[key], estimates[key],
-                                                       options.confidence, options.ci_method)
-                        row.update(ci_low=interval.low, ci_high=interval.high, ci_method=options.ci_method)
-                    if not np.isfinite(row["estimate"]) and not note:
-                        row["note"] = "undefined on these cases"
-                per_site_rows.append(row)
+        rows, distributions, estimates = _estimate_rows(run, site, specs, cases, n, min_count, note, options)
+        per_site_rows += rows
         for method, baseline in pairs:
             for spec in (s for s in specs if s.compare):
                 comparison_rows.append(_compare(site, method, baseline, spec, cases, distributions, estimates,
@@ -178,8 +156,50 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
     comparisons = _correct(pd.DataFrame(comparison_rows), options.correction, len(pairs))
     withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
     aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
+    if not withheld and run.methods:  # the pooled test set as one more row group, with its own CIs
+        frames = {m: r[r["split"] == options.split] for m, r in run.records.items() if m in run.methods}
+        n = int(frames[run.methods[0]]["case_id"].nunique())
+        min_count = max((run.min_count(site) for site in run.site_names), default=1)
+        cases = site_cases(run.task_kind, POOLED, frames, labels) if n else None
+        rows, _, _ = _estimate_rows(run, POOLED, specs, cases, n, min_count, _ci_note(n, min_count, cases, options),
+                                    options)
+        per_site = pd.concat([per_site, pd.DataFrame(rows)], ignore_index=True)
     return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown,
                     notes, withheld)
+
+
+def _estimate_rows(
+    run: RunData, site: str, specs: list[MetricSpec], cases: SiteCases | None, n: int, min_count: int, note: str,
+    options: ReportOptions,
+) -> tuple[list[dict[str, Any]], dict, dict]:
+    """Per-method, per-metric estimate rows (bootstrap CI when ``note`` is empty), the bootstrap
+    distributions and the point estimates of one group of cases."""
+    suppressed = n < min_count
+    with_ci = cases is not None and not note
+    distributions = {}
+    if with_ci:
+        distributions = bootstrap_distributions(
+            cases.statistics, n, n_resamples=options.n_resamples, seed=rng_for(options.seed, "report", site),
+            strata=cases.strata,
+        )
+    estimates = {key: point_estimate(stat) for key, stat in cases.statistics.items()} if cases else {}
+    rows = []
+    for method in run.methods:
+        for spec in specs:
+            key = (method, spec.name)
+            row = {"site": site, "method": method, "metric": spec.name, "label": spec.label, "unit": spec.unit,
+                   "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "ci_method": "",
+                   "n_cases": suppress_count(n, min_count), "note": note}
+            if cases is not None and not suppressed and key in cases.statistics:
+                row["estimate"] = estimates[key]
+                if with_ci:
+                    interval = confidence_interval(cases.statistics[key], distributions[key], estimates[key],
+                                                   options.confidence, options.ci_method)
+                    row.update(ci_low=interval.low, ci_high=interval.high, ci_method=options.ci_method)
+                if not np.isfinite(row["estimate"]) and not note:
+                    row["note"] = "undefined on these cases"
+            rows.append(row)
+    return rows, distributions, estimates
 
 
 def finding_labels(run: RunData) -> list[str] | None:

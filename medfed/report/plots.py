@@ -137,6 +137,38 @@ def learning_curves(
         return to_svg(figure)
 
 
+def aggregation_gains(rounds: dict[str, list[dict]], sites: Sequence[str]) -> str | None:
+    """One panel per method whose aggregation logs per-site gains (FedAgain): each site's gain per round."""
+    panels = {}
+    for method, entries in rounds.items():
+        gains = {site: ([], []) for site in sites}
+        for entry in entries:
+            for site, value in ((entry.get("aggregation") or {}).get("gain") or {}).items():
+                if site in gains and value is not None:
+                    gains[site][0].append(int(entry["round"]))
+                    gains[site][1].append(float(value))
+        if any(xs for xs, _ in gains.values()):
+            panels[method] = gains
+    if not panels:
+        return None
+    colours = method_colours(list(sites))
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 2.8), squeeze=False, sharey=True)
+        for axis, (method, gains) in zip(axes.ravel(), panels.items(), strict=True):
+            for site, (xs, ys) in gains.items():
+                if xs:
+                    axis.plot(xs, ys, marker="o", markersize=3, color=colours[site], label=site)
+            axis.axhline(1 / max(len(sites), 1), color="grey", linewidth=0.6, linestyle=":")
+            axis.set_title(method, fontsize=9)
+            axis.set_xlabel("round")
+        axes[0, 0].set_ylabel("aggregation gain")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False,
+                      bbox_to_anchor=(0.5, -0.06), fontsize=8)
+        figure.tight_layout(rect=(0, 0.08, 1, 1))
+        return to_svg(figure)
+
+
 def segmentation_boxplots(records: dict[str, pd.DataFrame], sites: Sequence[str], split: str = "test") -> str | None:
     """Per-case Dice (top) and HD95 in mm (bottom) per region; boxes per site, one colour per method."""
     if not sites:
