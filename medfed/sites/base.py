@@ -20,6 +20,7 @@ Subclasses implement three methods:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -132,7 +133,8 @@ class Site(ABC):
     ) -> MonaiDataset:
         """A MONAI ``Dataset`` of the split's cases: dicts with ``image``, ``label``, ``case_id``.
 
-        ``transform`` (default :meth:`default_transform`) runs after the case is loaded; ``case_ids``
+        ``transform`` (default :meth:`default_transform`, whose results are cached in memory up to
+        :data:`CACHE_BYTES` per site, since it must be deterministic) runs after the case is loaded; ``case_ids``
         keeps only those cases of the split (e.g. the normal cases an anomaly detector trains on). The
         data list behind the dataset holds file paths; it lives in this process, inside the site.
         """
@@ -140,12 +142,9 @@ class Site(ABC):
         rows = self._table[self._table["split"].isin(names)]
         if case_ids is not None:
             rows = rows[rows["case_id"].isin(list(case_ids))]
-        if transform is None:
-            transform = self.default_transform(names[0])
-        steps: list[Callable[..., Any]] = [_LoadCase(self)]
-        if transform is not None:
-            steps.append(transform)
-        return SiteDataset(data=rows.to_dict("records"), transform=Compose(steps))
+        if transform is None:  # the default transform is deterministic: its results are cached in memory
+            return SiteDataset(data=rows.to_dict("records"), transform=_CachedDefault(self, names[0]))
+        return SiteDataset(data=rows.to_dict("records"), transform=Compose([_LoadCase(self), transform]))
 
     def validate(self, progress: bool = False) -> list[Problem]:
         """Every problem of this site: indexing problems plus a full read of every indexed case."""
@@ -239,6 +238,36 @@ class SiteDataset(MonaiDataset):
             if cause is None:
                 raise
             raise cause from None
+
+
+#: memory for cached default-transformed cases, per site (``MEDFED_CACHE_MB``, default 1024; 0 disables)
+CACHE_BYTES = int(float(os.environ.get("MEDFED_CACHE_MB", "1024")) * 2**20)
+
+
+def _nbytes(item: dict[str, Any]) -> int:
+    return sum(int(v.nbytes) for v in item.values() if hasattr(v, "nbytes"))
+
+
+class _CachedDefault(Transform):
+    """Load a case and apply the site's default transform, keeping the result (per site, split and case) while
+    the site's cache has room. Items are shallow copies: transforms after this one must not edit arrays in place."""
+
+    def __init__(self, site: Site, split: str) -> None:
+        self.site, self.split = site, split
+        self.load = Compose([_LoadCase(site), *([t] if (t := site.default_transform(split)) is not None else [])])
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        cache = self.site.__dict__.setdefault("_item_cache", {})
+        key = (self.split, row["case_id"])
+        if key in cache:
+            return dict(cache[key])
+        item = self.load(row)
+        size = _nbytes(item)
+        used = self.site.__dict__.get("_item_cache_bytes", 0)
+        if used + size <= CACHE_BYTES:
+            cache[key] = item
+            self.site.__dict__["_item_cache_bytes"] = used + size
+        return dict(item)
 
 
 class _LoadCase(Transform):

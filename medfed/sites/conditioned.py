@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medfed.errors import ConfigError, Problem
 from medfed.sites.base import SPLITS, Site
-from medfed.synth.corruptions import CORRUPTION_NAMES, Corrupt
+from medfed.synth.corruptions import Corrupt, check_name
 
 
 class CorruptionConfig(BaseModel):
@@ -40,9 +40,7 @@ class CorruptionConfig(BaseModel):
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in CORRUPTION_NAMES:
-            raise ValueError(f"unknown corruption {value!r}; choose from {', '.join(CORRUPTION_NAMES)}")
-        return value
+        return check_name(value)
 
     @field_validator("splits")
     @classmethod

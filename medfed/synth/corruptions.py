@@ -378,7 +378,7 @@ CORRUPTION_NAMES: tuple[str, ...] = tuple(CORRUPTIONS)
 
 
 # ---------------------------------------------------------------------------- public entry points
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not isinstance(name, str) or name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTION_NAMES)}")
     return name
@@ -395,7 +395,7 @@ def corrupt(image: ImageT, name: str, severity: int, rng: np.random.Generator) -
 
     numpy in: float32 out. torch in: a tensor of the same type, dtype and device (MONAI meta kept).
     """
-    _check_name(name)
+    check_name(name)
     severity = _check_severity(severity)
     is_tensor = isinstance(image, torch.Tensor)
     if is_tensor:
@@ -425,7 +425,7 @@ class Corrupt(Transform):
     """
 
     def __init__(self, name: str, severity: int, fraction: float = 1.0, seed: int = 0, key: str = "image") -> None:
-        self.name = _check_name(name)
+        self.name = check_name(name)
         self.severity = _check_severity(severity)
         if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")

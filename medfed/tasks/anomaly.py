@@ -44,7 +44,7 @@ from medfed.errors import Problem
 from medfed.metrics import auroc, confusion_metrics
 from medfed.seeding import derive_seed
 from medfed.sites.base import Site
-from medfed.synth.corruptions import CORRUPTION_NAMES, Corrupt
+from medfed.synth.corruptions import CORRUPTION_NAMES, Corrupt, check_name
 from medfed.tasks.base import Task, TaskConfigBase, records_frame
 from medfed.tasks.models import build_network
 
@@ -67,10 +67,7 @@ class TestCorruption(BaseModel):
     @field_validator("types")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in CORRUPTION_NAMES]
-        if unknown:
-            raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTION_NAMES)} or 'all'")
-        return value
+        return [check_name(v) for v in value]
 
 
 class AnomalyConfig(TaskConfigBase):
@@ -91,14 +88,23 @@ class AnomalyConfig(TaskConfigBase):
         return self
 
 
-def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
-    """Cut maximising F1 of ``scores >= cut`` among midpoints of sorted unique scores; ``None`` if undefined."""
+def _candidate_cuts(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(cuts, predicted (cuts, cases), targets as bool)`` over midpoints of the sorted unique scores;
+    ``None`` when the targets hold one class only (no cut is defined)."""
     scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
     if targets.all() or not targets.any():
         return None
     unique = np.unique(scores)
     cuts = np.concatenate([(unique[:-1] + unique[1:]) / 2, [unique[-1]]]) if unique.size > 1 else unique
-    predicted = scores[None, :] >= cuts[:, None]  # (cuts, cases), vectorised over all cuts
+    return cuts, scores[None, :] >= cuts[:, None], targets  # vectorised over all cuts
+
+
+def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
+    """Cut maximising F1 of ``scores >= cut`` among midpoints of sorted unique scores; ``None`` if undefined."""
+    found = _candidate_cuts(scores, targets)
+    if found is None:
+        return None
+    cuts, predicted, targets = found
     tp = (predicted & targets).sum(axis=1)
     fp = (predicted & ~targets).sum(axis=1)
     fn = targets.sum() - tp
@@ -107,13 +113,11 @@ def f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
 
 
 def youden_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
-    """Cut maximising ``TPR - FPR`` of ``scores >= cut`` among midpoints of sorted unique scores; ``None`` if undefined."""
-    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets).astype(bool)
-    if targets.all() or not targets.any():
+    """Cut maximising Youden's J = TPR - FPR of ``scores >= cut`` (ties: the lowest cut); ``None`` if undefined."""
+    found = _candidate_cuts(scores, targets)
+    if found is None:
         return None
-    unique = np.unique(scores)
-    cuts = np.concatenate([(unique[:-1] + unique[1:]) / 2, [unique[-1]]]) if unique.size > 1 else unique
-    predicted = scores[None, :] >= cuts[:, None]
+    cuts, predicted, targets = found
     j = (predicted & targets).sum(axis=1) / targets.sum() - (predicted & ~targets).sum(axis=1) / (~targets).sum()
     return float(cuts[int(np.argmax(j))])
 
