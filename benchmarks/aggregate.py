@@ -26,13 +26,16 @@ from medfed.fl.strategies.robust import AllModelsStrategy
 from medfed.fl.update import ClientUpdate
 
 SKIP = {"local_only", "centralised", "cyclic"}  # no aggregation maths (kept per site, pooled, or chained)
+#: FedAgain's trust maths on client-reported reliability: the server-benchmark variant adds one forward pass of
+#: each client model over the benchmark set, a cost of the task's network, not of the aggregation
+PARAMS = {"fedagain": {"reliability": "client"}}
 
 
 def updates(k: int, p: int) -> Iterator[ClientUpdate]:
     rng = np.random.default_rng(0)
     for i in range(k):
         yield ClientUpdate(f"s{i}", rng.standard_normal(p, dtype=np.float32), int(rng.integers(10, 100)),
-                           {"steps": 10, "lr": 0.01})  # what the runner reports (SCAFFOLD uses it)
+                           {"steps": 10, "lr": 0.01, "start_loss": 0.1})  # what the runner reports (SCAFFOLD, FedAgain)
 
 
 def reference(k: int, p: int) -> Callable[[], np.ndarray]:
@@ -93,7 +96,7 @@ def main() -> None:
             seconds, peak = measure(reference(k, p), p)
             print(f"{k:>4} {p:>11,} {'reference':<15} {seconds:>9.2f} {peak:>10.0f}")
             for name in names:
-                strategy = build_strategy(name)
+                strategy = build_strategy(name, PARAMS.get(name))
                 if isinstance(strategy, AllModelsStrategy) and 4 * k * p / 1e9 > args.skip_over_gb:
                     print(f"{k:>4} {p:>11,} {name:<15} {'skipped':>9} {'':>10}  (K copies > {args.skip_over_gb} GB)")
                     continue

@@ -35,7 +35,6 @@ import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 
-from medfed.fl.adversaries import cosine_divergence
 from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.strategies.fedavg import StreamingWeightedMean
 from medfed.fl.update import ClientUpdate
@@ -58,6 +57,13 @@ def gains(trust: np.ndarray) -> np.ndarray:
     trust = np.asarray(trust, np.float64)
     total = trust.sum()
     return trust / total if total > 0 else np.zeros_like(trust)
+
+
+def _divergence(reference: np.ndarray, reference_norm: float, weights: np.ndarray) -> float:
+    """:func:`medfed.fl.adversaries.cosine_divergence` with the float64 reference and its norm computed once."""
+    w = weights.astype(np.float64)
+    norms = reference_norm * float(np.linalg.norm(w))
+    return 1.0 - float(reference @ w) / norms if norms > 0 else 0.0
 
 
 class FedAgain(Strategy):
@@ -112,12 +118,14 @@ class FedAgain(Strategy):
         self, global_weights: np.ndarray, updates: Iterable[ClientUpdate], state: State
     ) -> tuple[np.ndarray, State, dict[str, Any]]:
         mask = self._float_mask if self._float_mask is not None else np.ones(global_weights.shape, bool)
-        reference = global_weights[mask]
+        every = bool(mask.all())
+        reference = (global_weights if every else global_weights[mask]).astype(np.float64)  # once per round
+        reference_norm = float(np.linalg.norm(reference))
         mean = StreamingWeightedMean()
         sites, errors, divergences, trusts = [], [], [], []
         for update in updates:
             error = self.reliability_error(update)
-            divergence = cosine_divergence(reference, update.weights[mask])
+            divergence = _divergence(reference, reference_norm, update.weights if every else update.weights[mask])
             trust = float(trust_scores(np.array([error]), np.array([divergence]), self.epsilon)[0])
             weight = trust * update.num_examples if self.sample_weighting else trust
             if weight > 0:
