@@ -150,6 +150,14 @@ class ExperimentConfig(BaseModel):
 def load_experiment(path: Path | str) -> ExperimentConfig:
     """Parse and validate an experiment config, including every method's strategy and parameters."""
     config = validate_model(ExperimentConfig, read_yaml(path), str(path))
+    init = config.task.model.get("init")
+    if init is not None:  # a pretrained-weights file is relative to the experiment file, like the federation
+        from medfed.config import resolve_path
+
+        spec = {"path": init} if isinstance(init, str) else dict(init)
+        if "path" in spec:
+            spec["path"] = str(resolve_path(str(spec["path"]), Path(path).parent))
+        config.task.model["init"] = spec
     for i, method in enumerate(config.methods):
         build_strategy(method.strategy, method.params, source=f"{path}: methods.{i}")
     return config

@@ -50,6 +50,7 @@ from medfed.io import atomic_write_text
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites.base import Site
 from medfed.tasks.base import Task
+from medfed.tasks.finetune import apply_policy
 
 CHECKPOINT = "checkpoints/last.pt"
 ROUNDS_LOG = "rounds.jsonl"
@@ -136,7 +137,7 @@ class MethodRunner:
     # ----------------------------------------------------------------- public
     def run(self, resume: bool = False) -> MethodResult:
         """Train all rounds (continuing from the last checkpoint when ``resume``) and return the final models."""
-        model = self.task.build_model(derive_seed(self.seed, "init"))
+        model = apply_policy(self.task.build_model(derive_seed(self.seed, "init")), self.task.config.finetune)
         global_weights = get_weights(model)
         self.strategy.prepare(model)
         self.strategy.attach_server_data(self.task, self.task.build_model(derive_seed(self.seed, "init")),

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medfed.errors import Problem
 from medfed.sites.base import Site
+from medfed.tasks.finetune import FinetuneConfig, parameter_groups
 
 
 class OptimizerConfig(BaseModel):
@@ -52,13 +53,15 @@ class OptimizerConfig(BaseModel):
 
 
 class TaskConfigBase(BaseModel):
-    """Fields every task shares. ``model`` is ``{name: <network>, **kwargs}`` (see :mod:`medfed.tasks.models`)."""
+    """Fields every task shares. ``model`` is ``{name: <network>, init: {path, format}, **kwargs}`` (see
+    :mod:`medfed.tasks.models`); ``finetune`` is the fine-tuning policy (:mod:`medfed.tasks.finetune`)."""
 
     model_config = ConfigDict(extra="forbid")
     model: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(8, ge=1)
     eval_batch_size: int = Field(16, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 class LocalHook:
@@ -151,8 +154,9 @@ class Task(ABC):
 
     # ----------------------------------------------------------------- shared machinery
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The configured optimiser over :func:`medfed.tasks.finetune.parameter_groups` (the fine-tuning policy)."""
         cfg = self.config.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = parameter_groups(model, self.config.finetune, cfg.lr)
         if cfg.name == "sgd":
             return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         optimizer = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam

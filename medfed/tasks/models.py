@@ -62,6 +62,14 @@ NETWORKS: dict[str, NetworkSpec] = {
         {"spatial_dims": "spatial_dims", "in_channels": "in_channels", "out_channels": "out_channels"},
         {"channels": [16, 32, 64], "strides": [2, 2, 2], "num_res_units": 0},
     ),
+    # Dosovitskiy et al. 2021 (MONAI ViT): a small ViT (patch 8, 192-d, 6 blocks, 3 heads, qkv bias, no
+    # tanh before the head) that takes DINOv2 weights (medfed.ssl.checkpoints); img_size must be the site's
+    "vit": NetworkSpec(
+        "ViTClassifier",
+        {"spatial_dims": "spatial_dims", "in_channels": "in_channels", "out_channels": "num_classes"},
+        {"img_size": 64, "patch_size": 8, "hidden_size": 192, "mlp_dim": 768, "num_layers": 6, "num_heads": 3,
+         "qkv_bias": True},
+    ),
     # Reyes-Amezcua et al. 2025/2026 (FedAgain): conv + BN + LeakyReLU encoder, linear latent, mirrored
     # decoder; paper widths 64..1024 at 256 px, here narrow by default (set channels / image_size)
     "conv_autoencoder": NetworkSpec(
@@ -72,16 +80,31 @@ NETWORKS: dict[str, NetworkSpec] = {
 }
 
 
+class ViTClassifier(nets.ViT):
+    """MONAI's ``ViT`` as a classifier: ``forward`` returns the logits only (MONAI returns logits and the
+    hidden states); same parameters and state-dict keys as ``monai.networks.nets.ViT``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"classification": True, "post_activation": None, **kwargs})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)[0]
+
+
+LOCAL_CLASSES: dict[str, type[nn.Module]] = {"ViTClassifier": ViTClassifier}
+
+
 def build_network(
     spec: dict[str, Any], *, default: str, spatial_dims: int, in_channels: int, out_channels: int, seed: int
 ) -> nn.Module:
     """The network named by ``spec["name"]`` (default ``default``), its weights initialised from ``seed``."""
     options = dict(spec)
     name = str(options.pop("name", default))
+    init = options.pop("init", None)
     io = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels}
     if name.lower() in NETWORKS:
         known = NETWORKS[name.lower()]
-        cls = getattr(nets, known.cls) if isinstance(known.cls, str) else known.cls
+        cls = (LOCAL_CLASSES.get(known.cls) or getattr(nets, known.cls)) if isinstance(known.cls, str) else known.cls
         kwargs = {**known.defaults, **options, **{known.io[k]: v for k, v in io.items() if known.io[k]}}
     elif hasattr(nets, name):
         cls = getattr(nets, name)
@@ -95,6 +118,24 @@ def build_network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            return cls(**kwargs)
+            model = cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"task model {name!r}: {err}") from None
+    if init is not None:
+        load_initial_weights(model, init, name)
+    return model
+
+
+def load_initial_weights(model: nn.Module, init: Any, network: str) -> None:
+    """``init: {path, format}`` (format ``auto``, ``dinov2``, ``monai`` or ``medfed``): pretrained encoder
+    weights from a file (:func:`medfed.ssl.checkpoints.load_encoder_checkpoint`); the head stays fresh."""
+    from medfed.ssl.checkpoints import load_encoder_checkpoint
+
+    if isinstance(init, str):
+        init = {"path": init}
+    if not isinstance(init, dict) or "path" not in init:
+        raise ConfigError(f"task model {network!r}: init must be a path or {{path, format}}, got {init!r}")
+    unknown = set(init) - {"path", "format"}
+    if unknown:
+        raise ConfigError(f"task model {network!r}: init has unknown field(s) {sorted(unknown)} (path, format)")
+    load_encoder_checkpoint(model, init["path"], init.get("format", "auto"))
