@@ -155,6 +155,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_code
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from medfed.config import resolve_path
+    from medfed.demo import default_data_dir, ensure_demo
+    from medfed.ssl.pretrain import load_pretrain, run_pretraining, uses_demo
+
+    for config_path in args.configs:
+        config = load_pretrain(config_path)
+        modality = uses_demo(config)
+        if modality is not None:
+            data_dir = Path(args.data) if args.data else default_data_dir()
+            federation = ensure_demo(data_dir, scale=args.scale, modalities=(modality,))[modality]
+        else:
+            federation = resolve_path(config.federation, Path(config_path).parent)
+        checkpoint = run_pretraining(config_path, args.out, federation_file=federation,
+                                     progress=not args.no_progress)
+        summary = json.loads((checkpoint.parent / "pretrain.json").read_text())
+        losses = summary["loss_by_round"]
+        print(f"{config.name}: SimCLR ({config.where}) loss {losses[0]:.4f} -> {losses[-1]:.4f} over "
+              f"{len(losses)} rounds in {summary['seconds']:.0f} s; encoder checkpoint: {checkpoint}")
+    return 0
+
+
 def _report_options(args: argparse.Namespace):
     from medfed.report import ReportOptions
 
@@ -223,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     _add_report_options(run)
     run.set_defaults(func=cmd_run)
+
+    pretrain = sub.add_parser("pretrain", help="self-supervised pretraining (SimCLR), central or federated")
+    pretrain.add_argument("configs", nargs="+", type=Path, help="pretraining config(s), e.g. tasks/ssl_*.yaml")
+    pretrain.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
+    pretrain.add_argument("--scale", choices=SCALES, default="demo", help="size of generated demo federations")
+    pretrain.add_argument("--out", default="reports", help="output folder; each config writes <out>/<name>/")
+    pretrain.add_argument("--no-progress", action="store_true")
+    pretrain.set_defaults(func=cmd_pretrain)
 
     report = sub.add_parser("report", help="per-site statistics and an HTML report of run directories")
     report.add_argument("run_dirs", nargs="+", type=Path,

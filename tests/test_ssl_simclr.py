@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -100,3 +101,34 @@ def test_federated_simclr_through_the_runner_then_init_a_classifier(tmp_path):
     for key, value in encoder_state(model).items():
         if not key.startswith("classification_head."):
             assert torch.equal(loaded[key], value), key
+
+
+def test_pretrain_command_writes_a_checkpoint_a_method_init_loads(tmp_path):
+    import yaml
+
+    from medfed.cli import main
+    from medfed.synth.chest_xray import write_chest_xray
+
+    write_chest_xray(tmp_path / "data", scale="small", seed=0)
+    federation = tmp_path / "data" / "sites" / "chest_xray.yaml"
+    vit = {"img_size": 32, "patch_size": 8, "hidden_size": 24, "mlp_dim": 48, "num_layers": 2, "num_heads": 2}
+    pretrain = {"name": "ssl", "federation": str(federation), "where": "federated", "strategy": {"strategy": "fedavg"},
+                "task": {"network": "vit", "model": vit, "feature_dim": 16, "batch_size": 8},
+                "training": {"rounds": 1, "local_steps": 1}}
+    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
+    assert main(["pretrain", str(tmp_path / "pretrain.yaml"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    checkpoint = tmp_path / "out" / "ssl" / "encoder.pt"
+    assert checkpoint.is_file() and (tmp_path / "out" / "ssl" / "pretrain.json").is_file()
+    experiment = {"name": "cmp", "federation": str(federation),
+                  "task": {"kind": "classification", "model": {"name": "vit", **vit}, "batch_size": 8},
+                  "training": {"rounds": 1},
+                  "methods": ["fedavg", {"strategy": "fedavg", "name": "fedavg_ssl", "init": "out/ssl/encoder.pt"}]}
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(experiment))
+    assert main(["run", str(tmp_path / "cmp.yaml"), "--out", str(tmp_path / "out"), "--no-progress",
+                 "--resamples", "100"]) == 0
+    metrics = pd.read_csv(tmp_path / "out" / "cmp" / "metrics.csv")
+    assert {"fedavg", "fedavg_ssl"} <= set(metrics["method"])
+    broken = {**experiment, "methods": [{"strategy": "fedavg", "init": "out/ssl/pretrain.json"}]}
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert main(["run", str(tmp_path / "broken.yaml"), "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
+    assert not (tmp_path / "out2").exists()  # refused before any output

@@ -64,6 +64,10 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     strategy: str
     name: str | None = None
+    init: str | dict[str, str] | None = Field(
+        None, description="pretrained encoder weights for this method's model ({path, format} or a path; relative "
+        "to the experiment file), overriding task.model.init: e.g. random vs SSL initialisation side by side"
+    )
 
     @property
     def label(self) -> str:
@@ -150,17 +154,25 @@ class ExperimentConfig(BaseModel):
 def load_experiment(path: Path | str) -> ExperimentConfig:
     """Parse and validate an experiment config, including every method's strategy and parameters."""
     config = validate_model(ExperimentConfig, read_yaml(path), str(path))
-    init = config.task.model.get("init")
-    if init is not None:  # a pretrained-weights file is relative to the experiment file, like the federation
-        from medfed.config import resolve_path
-
-        spec = {"path": init} if isinstance(init, str) else dict(init)
-        if "path" in spec:
-            spec["path"] = str(resolve_path(str(spec["path"]), Path(path).parent))
-        config.task.model["init"] = spec
+    # pretrained-weights files are relative to the experiment file, like the federation
+    if config.task.model.get("init") is not None:
+        config.task.model["init"] = resolve_init(config.task.model["init"], Path(path).parent)
+    for method in config.methods:
+        if method.init is not None:
+            method.init = resolve_init(method.init, Path(path).parent)
     for i, method in enumerate(config.methods):
         build_strategy(method.strategy, method.params, source=f"{path}: methods.{i}")
     return config
+
+
+def resolve_init(init: str | dict[str, Any], base: Path) -> dict[str, Any]:
+    """``{path, format}`` with ``path`` made absolute against ``base`` (the experiment file's folder)."""
+    from medfed.config import resolve_path
+
+    spec = {"path": init} if isinstance(init, str) else dict(init)
+    if "path" in spec:
+        spec["path"] = str(resolve_path(str(spec["path"]), base))
+    return spec
 
 
 def build_strategies(config: ExperimentConfig, source: str = "<config>") -> dict[str, Strategy]:

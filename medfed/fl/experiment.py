@@ -60,6 +60,7 @@ from medfed.partition import (
 from medfed.sites.federation import Federation, load_federation
 from medfed.sites.partitioned import repartition
 from medfed.tasks import build_task
+from medfed.tasks.models import load_initial_weights
 
 
 @dataclass
@@ -188,6 +189,12 @@ def run_experiment(
                  for site, spec in config.site_conditions.items()
                  if spec.adversary is not None and spec.adversary.kind == "label_flip"
                  and getattr(config.task, "target", None) == "corruption"]
+    for method in config.methods:  # a pretrained-weights file that does not fit fails before any output
+        if method.init is not None:
+            try:
+                load_initial_weights(task.build_model(0), dict(method.init), method.label)
+            except MedfedError as err:
+                refusals.append(f"{config_path}: methods: {method.label}: init: {err}")
     if refusals:
         raise ConfigError("\n".join(refusals))
     out = Path(out_root) / config.name
@@ -203,11 +210,12 @@ def run_experiment(
     eval_data = EvalDatasets(task, sites)
     adversaries = {site: spec.adversary for site, spec in config.site_conditions.items() if spec.adversary is not None}
     benchmark = task.train_dataset(server_site) if server_site is not None else None
+    inits = {m.label: m.init for m in config.methods if m.init is not None}
     frames, stopped, failures = [], {}, []
     for label, strategy in strategies.items():
         runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, out / "runs" / label,
                               eval_datasets=eval_data, progress=progress, adversaries=adversaries,
-                              server_benchmark=benchmark)
+                              server_benchmark=benchmark, init=inits.get(label))
         try:
             result = runner.run(resume=resuming)
         except RunStopped as err:

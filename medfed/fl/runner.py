@@ -51,6 +51,7 @@ from medfed.seeding import derive_seed, rng_for
 from medfed.sites.base import Site
 from medfed.tasks.base import Task
 from medfed.tasks.finetune import apply_policy
+from medfed.tasks.models import load_initial_weights
 
 CHECKPOINT = "checkpoints/last.pt"
 ROUNDS_LOG = "rounds.jsonl"
@@ -109,6 +110,7 @@ class MethodRunner:
         progress: bool = True,
         adversaries: Mapping[str, AdversaryConfig] | None = None,
         server_benchmark: Dataset | None = None,
+        init: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.task = task
@@ -122,6 +124,7 @@ class MethodRunner:
         self.progress = progress
         self.adversaries = {site: (build_adversary(c), c) for site, c in (adversaries or {}).items()}
         self.server_benchmark = server_benchmark
+        self.init = init
         self.min_counts = {s.name: s.min_count for s in self.sites}
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
         self._local_lr = float(task.config.optimizer.lr)  # SCAFFOLD's control variates need the local step size
@@ -137,7 +140,10 @@ class MethodRunner:
     # ----------------------------------------------------------------- public
     def run(self, resume: bool = False) -> MethodResult:
         """Train all rounds (continuing from the last checkpoint when ``resume``) and return the final models."""
-        model = apply_policy(self.task.build_model(derive_seed(self.seed, "init")), self.task.config.finetune)
+        model = self.task.build_model(derive_seed(self.seed, "init"))
+        if self.init is not None:  # this method's pretrained encoder (random init otherwise, or task.model.init)
+            load_initial_weights(model, dict(self.init), self.name)
+        model = apply_policy(model, self.task.config.finetune)
         global_weights = get_weights(model)
         self.strategy.prepare(model)
         self.strategy.attach_server_data(self.task, self.task.build_model(derive_seed(self.seed, "init")),
