@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from medfed.fl.weights import get_weights, set_weights
+from medfed.fl.weights import get_weights, model_divergence, set_weights
 from medfed.seeding import rng_for
 from medfed.tasks.base import LocalHook, Task
 
@@ -109,10 +109,9 @@ class _LossAscent(LocalHook):
 
 
 def cosine_divergence(reference: np.ndarray, weights: np.ndarray) -> float:
-    """``1 - cos(reference, weights)`` in float64 (FedAgain's model divergence; 0 for identical directions)."""
-    a, b = reference.astype(np.float64), weights.astype(np.float64)
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return 1.0 - float(a @ b) / norms if norms > 0 else 0.0
+    """``1 - cos(reference, weights)`` in float64: FedAgain's model divergence, the signal the forger imitates."""
+    a = reference.astype(np.float64)
+    return model_divergence(a, float(np.linalg.norm(a)), weights)
 
 
 def match_divergence(g: np.ndarray, direction: np.ndarray, target: float, iterations: int = 60) -> float:

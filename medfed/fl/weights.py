@@ -61,3 +61,11 @@ def set_weights(model: nn.Module, weights: np.ndarray, layout: WeightLayout | No
         state[name] = part.clone() if dtype.is_floating_point else torch.round(part).to(dtype)
         offset += size
     model.load_state_dict(state)
+
+
+def model_divergence(reference: np.ndarray, reference_norm: float, weights: np.ndarray) -> float:
+    """``1 - cos(reference, weights)``: ``reference`` already float64 with its norm (computed once per round);
+    ``weights`` promoted to float64. 0 when either vector is zero."""
+    w = weights.astype(np.float64)
+    norms = reference_norm * float(np.linalg.norm(w))
+    return 1.0 - float(reference @ w) / norms if norms > 0 else 0.0

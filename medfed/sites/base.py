@@ -61,6 +61,8 @@ class Site(ABC):
         self.split_config = split or SplitConfig()
         self.min_count = min_count
         self._salt = salt
+        self._item_cache: dict[tuple[str, str], dict[str, Any]] = {}  # (split, case id) -> default-transformed item
+        self._item_cache_bytes = 0
         table, problems = self._index()
         self._problems: list[Problem] = list(problems)
         self._table = self._finalise(table)
@@ -257,16 +259,14 @@ class _CachedDefault(Transform):
         self.load = Compose([_LoadCase(site), *([t] if (t := site.default_transform(split)) is not None else [])])
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        cache = self.site.__dict__.setdefault("_item_cache", {})
-        key = (self.split, row["case_id"])
-        if key in cache:
-            return dict(cache[key])
+        site, key = self.site, (self.split, row["case_id"])
+        if key in site._item_cache:
+            return dict(site._item_cache[key])
         item = self.load(row)
         size = _nbytes(item)
-        used = self.site.__dict__.get("_item_cache_bytes", 0)
-        if used + size <= CACHE_BYTES:
-            cache[key] = item
-            self.site.__dict__["_item_cache_bytes"] = used + size
+        if site._item_cache_bytes + size <= CACHE_BYTES:
+            site._item_cache[key] = item
+            site._item_cache_bytes += size
         return dict(item)
 
 

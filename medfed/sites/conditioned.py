@@ -126,12 +126,3 @@ class ConditionedSite(Site):
         if spec is None or split not in spec.splits or spec.fraction == 0:
             return base
         return Compose([_CorruptImage(base, Corrupt(spec.type, spec.severity, spec.fraction, self.seed))])
-
-    def describe(self) -> str:
-        parts = []
-        if self.corruption is not None:
-            c = self.corruption
-            parts.append(f"{c.type} severity {c.severity} on {c.fraction:.0%} of {'/'.join(c.splits)}")
-        if self.label_flip:
-            parts.append("training labels flipped")
-        return "; ".join(parts) or "clean"

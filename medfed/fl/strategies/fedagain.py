@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.strategies.fedavg import StreamingWeightedMean
 from medfed.fl.update import ClientUpdate
-from medfed.fl.weights import layout_of, set_weights
+from medfed.fl.weights import layout_of, model_divergence, set_weights
 from medfed.tasks.base import Task
 
 EPSILON = 1e-6
@@ -57,13 +57,6 @@ def gains(trust: np.ndarray) -> np.ndarray:
     trust = np.asarray(trust, np.float64)
     total = trust.sum()
     return trust / total if total > 0 else np.zeros_like(trust)
-
-
-def _divergence(reference: np.ndarray, reference_norm: float, weights: np.ndarray) -> float:
-    """:func:`medfed.fl.adversaries.cosine_divergence` with the float64 reference and its norm computed once."""
-    w = weights.astype(np.float64)
-    norms = reference_norm * float(np.linalg.norm(w))
-    return 1.0 - float(reference @ w) / norms if norms > 0 else 0.0
 
 
 class FedAgain(Strategy):
@@ -125,7 +118,7 @@ class FedAgain(Strategy):
         sites, errors, divergences, trusts = [], [], [], []
         for update in updates:
             error = self.reliability_error(update)
-            divergence = _divergence(reference, reference_norm, update.weights if every else update.weights[mask])
+            divergence = model_divergence(reference, reference_norm, update.weights if every else update.weights[mask])
             trust = float(trust_scores(np.array([error]), np.array([divergence]), self.epsilon)[0])
             weight = trust * update.num_examples if self.sample_weighting else trust
             if weight > 0:
