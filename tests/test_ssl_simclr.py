@@ -132,3 +132,12 @@ def test_pretrain_command_writes_a_checkpoint_a_method_init_loads(tmp_path):
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
     assert main(["run", str(tmp_path / "broken.yaml"), "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
     assert not (tmp_path / "out2").exists()  # refused before any output
+
+
+def test_nt_xent_equals_monai_contrastive_loss():
+    from monai.losses import ContrastiveLoss
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 16, generator=generator), torch.randn(8, 16, generator=generator)
+    for temperature in (0.1, 0.5):
+        torch.testing.assert_close(nt_xent(a, b, temperature), ContrastiveLoss(temperature=temperature)(a, b))
