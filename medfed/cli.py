@@ -157,15 +157,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from medfed.config import resolve_path
-    from medfed.demo import default_data_dir, ensure_demo
-    from medfed.ssl.pretrain import load_pretrain, run_pretraining, uses_demo
+    from medfed.demo import default_data_dir, ensure_demo, ensure_demo_pool
+    from medfed.ssl.pretrain import demo_source, load_pretrain, run_pretraining
 
     for config_path in args.configs:
         config = load_pretrain(config_path)
-        modality = uses_demo(config)
-        if modality is not None:
-            data_dir = Path(args.data) if args.data else default_data_dir()
-            federation = ensure_demo(data_dir, scale=args.scale, modalities=(modality,))[modality]
+        source = demo_source(config)
+        data_dir = Path(args.data) if args.data else default_data_dir()
+        if source is not None and source[0] == "pool":
+            federation = ensure_demo_pool(data_dir, source[1], scale=args.scale)
+        elif source is not None:
+            federation = ensure_demo(data_dir, scale=args.scale, modalities=(source[1],))[source[1]]
         else:
             federation = resolve_path(config.federation, Path(config_path).parent)
         checkpoint = run_pretraining(config_path, args.out, federation_file=federation,

@@ -32,3 +32,19 @@ def ensure_demo(
             path = write_federation(modality, data_dir / scale, scale=scale, seed=seed)
         configs[modality] = path
     return configs
+
+
+#: seed of the demo "unlabeled pools": same generator as the demo federations, other patients (another seed)
+POOL_SEED = 1000
+POOL_PREFIX = "demo-pool:"
+
+
+def ensure_demo_pool(data_dir: Path | None, modality: str, scale: str = "demo") -> Path:
+    """Config path of a demo pool: the modality's synthetic data written with :data:`POOL_SEED` under
+    ``<data>/<scale>/pool/``, so central SSL can pretrain on images that are not the federation's (the
+    "general-purpose representation" route); generated when missing."""
+    root = (data_dir or default_data_dir()) / scale / "pool"
+    path = root / "sites" / f"{modality}.yaml"
+    if not path.is_file():
+        path = write_federation(modality, root, scale=scale, seed=POOL_SEED)
+    return path

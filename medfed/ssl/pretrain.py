@@ -3,7 +3,8 @@
 .. code-block:: yaml
 
     name: ssl_chest_xray_federated
-    federation: demo:chest_xray       # whose images are read; labels never are
+    federation: demo:chest_xray       # whose images are read; labels never are (demo-pool:chest_xray: other
+                                      #   synthetic patients, an unlabeled pool outside the federation)
     seed: 0
     where: federated                  # central: one model on the pooled images (the "general-purpose" route
                                       #   when the federation is an unlabeled pool); federated: each site pretrains
@@ -89,5 +90,11 @@ def _mean(values: dict[str, Any]) -> float:
     return round(sum(finite) / len(finite), 6) if finite else float("nan")
 
 
-def uses_demo(config: PretrainConfig) -> str | None:
-    return config.federation[len(DEMO_PREFIX):] if config.federation.startswith(DEMO_PREFIX) else None
+def demo_source(config: PretrainConfig) -> tuple[str, str] | None:
+    """``("demo" | "pool", modality)`` for ``demo:<modality>`` / ``demo-pool:<modality>``; ``None`` for a path."""
+    from medfed.demo import POOL_PREFIX
+
+    for prefix, kind in ((POOL_PREFIX, "pool"), (DEMO_PREFIX, "demo")):
+        if config.federation.startswith(prefix):
+            return kind, config.federation[len(prefix):]
+    return None
