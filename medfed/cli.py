@@ -174,7 +174,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                                      progress=not args.no_progress)
         summary = json.loads((checkpoint.parent / "pretrain.json").read_text())
         losses = summary["loss_by_round"]
-        print(f"{config.name}: SimCLR ({config.where}) loss {losses[0]:.4f} -> {losses[-1]:.4f} over "
+        print(f"{config.name}: {config.task.kind} ({config.where}) loss {losses[0]:.4f} -> {losses[-1]:.4f} over "
               f"{len(losses)} rounds in {summary['seconds']:.0f} s; encoder checkpoint: {checkpoint}")
     return 0
 
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(run)
     run.set_defaults(func=cmd_run)
 
-    pretrain = sub.add_parser("pretrain", help="self-supervised pretraining (SimCLR), central or federated")
+    pretrain = sub.add_parser("pretrain", help="self-supervised pretraining (SimCLR 2D, masked volumes 3D), central or federated")
     pretrain.add_argument("configs", nargs="+", type=Path, help="pretraining config(s), e.g. tasks/ssl_*.yaml")
     pretrain.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
     pretrain.add_argument("--scale", choices=SCALES, default="demo", help="size of generated demo federations")

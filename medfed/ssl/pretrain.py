@@ -1,4 +1,5 @@
-"""SSL pretraining runs (``medfed pretrain CONFIG``): SimCLR on a federation's images, centrally or federated.
+"""SSL pretraining runs (``medfed pretrain CONFIG``): SimCLR on 2D images (``task.kind: simclr``, the default)
+or masked-volume reconstruction on 3D volumes (``kind: masked_volume``), centrally or federated.
 
 .. code-block:: yaml
 
@@ -14,8 +15,8 @@
     training: {rounds: 10, local_steps: 10}
 
 Output under ``<out>/<name>/``: ``encoder.pt`` (medfed's encoder checkpoint: the task network without the
-projector, ``network`` and the config in ``meta``; load it with ``model.init`` or a method's ``init``),
-``runs/simclr/rounds.jsonl`` (loss per round and site) and ``pretrain.json`` (losses, images per second).
+projector or reconstruction head, ``network`` and the config in ``meta``; load it with ``model.init`` or a method's ``init``),
+``runs/<kind>/rounds.jsonl`` (loss per round and site) and ``pretrain.json`` (losses, images per second).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from medfed.config import read_yaml, validate_model
 from medfed.fl.config import DEMO_PREFIX, MethodConfig, TrainingConfig
@@ -39,6 +40,16 @@ from medfed.seeding import derive_seed
 from medfed.sites.federation import load_federation
 from medfed.ssl.checkpoints import save_encoder_checkpoint
 from medfed.ssl.simclr import LocalEntries, SimCLRConfig, SimCLRTask
+from medfed.ssl.volumes import MaskedVolumeConfig, MaskedVolumeTask
+from medfed.tasks.base import Task
+
+
+def _objective(value: Any) -> str:
+    """The pretraining objective of a task config: its ``kind`` (``simclr`` when absent)."""
+    return value.get("kind", "simclr") if isinstance(value, dict) else value.kind
+
+
+OBJECTIVES: dict[str, type[Task]] = {"simclr": SimCLRTask, "masked_volume": MaskedVolumeTask}
 
 
 class PretrainConfig(BaseModel):
@@ -48,7 +59,10 @@ class PretrainConfig(BaseModel):
     seed: int = 0
     where: Literal["central", "federated"] = "central"
     strategy: MethodConfig = MethodConfig(strategy="fedavg")
-    task: SimCLRConfig = SimCLRConfig()
+    task: Annotated[
+        Annotated[SimCLRConfig, Tag("simclr")] | Annotated[MaskedVolumeConfig, Tag("masked_volume")],
+        Discriminator(_objective),
+    ] = SimCLRConfig()
     training: TrainingConfig = TrainingConfig()
 
 
@@ -61,12 +75,14 @@ def run_pretraining(config_path: Path | str, out_root: Path | str = "reports", *
     """Pretrain as configured; returns the path of ``encoder.pt``."""
     config = load_pretrain(config_path)
     sites = list(load_federation(federation_file))
-    task = SimCLRTask(config.task)
+    task = OBJECTIVES[config.task.kind](config.task)
     strategy = Centralised() if config.where == "central" else LocalEntries(
-        build_strategy(config.strategy.strategy, config.strategy.params, f"{config_path}: strategy"))
+        build_strategy(config.strategy.strategy, config.strategy.params, f"{config_path}: strategy"),
+        prefixes=type(task).local_prefixes)
     out = Path(out_root) / config.name
     out.mkdir(parents=True, exist_ok=True)
-    runner = MethodRunner("simclr", task, sites, strategy, config.training, config.seed, out / "runs" / "simclr",
+    kind = config.task.kind
+    runner = MethodRunner(kind, task, sites, strategy, config.training, config.seed, out / "runs" / kind,
                           progress=progress)
     began = time.perf_counter()
     result = runner.run()

@@ -14,7 +14,7 @@ so only encoder tensors are aggregated.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,7 @@ class SimCLRModel(nn.Module):
 class SimCLRConfig(TaskConfigBase):
     """SimCLR on the images of each site's ``splits`` (labels are never read)."""
 
+    kind: Literal["simclr"] = "simclr"
     network: str = "resnet"
     in_channels: int = 1
     spatial_dims: int = 2
@@ -64,6 +65,8 @@ class SimCLRConfig(TaskConfigBase):
 class SimCLRTask(Task):
     kind: ClassVar[str] = "ssl_simclr"
     primary_metric: ClassVar[str] = "loss"
+    #: weight entries that stay at each site in federated pretraining (never aggregated)
+    local_prefixes: ClassVar[tuple[str, ...]] = (PROJECTOR,)
     config: SimCLRConfig
 
     def __init__(self, config: SimCLRConfig, views: RadiographViews | None = None) -> None:
