@@ -40,8 +40,8 @@ from medfed.seeding import derive_seed
 from medfed.sites.federation import load_federation
 from medfed.ssl.checkpoints import save_encoder_checkpoint
 from medfed.ssl.simclr import LocalEntries, SimCLRConfig, SimCLRTask
+from medfed.ssl.task import PretrainTask
 from medfed.ssl.volumes import MaskedVolumeConfig, MaskedVolumeTask
-from medfed.tasks.base import Task
 
 
 def _objective(value: Any) -> str:
@@ -49,7 +49,7 @@ def _objective(value: Any) -> str:
     return value.get("kind", "simclr") if isinstance(value, dict) else value.kind
 
 
-OBJECTIVES: dict[str, type[Task]] = {"simclr": SimCLRTask, "masked_volume": MaskedVolumeTask}
+OBJECTIVES: dict[str, type[PretrainTask]] = {"simclr": SimCLRTask, "masked_volume": MaskedVolumeTask}
 
 
 class PretrainConfig(BaseModel):

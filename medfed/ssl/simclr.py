@@ -17,20 +17,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
-from torch.utils.data import Dataset
 
-from medfed.errors import Problem
 from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import layout_of
-from medfed.sites.base import Site
 from medfed.ssl.augment import RadiographViews
 from medfed.ssl.objectives import nt_xent
-from medfed.tasks.base import Task, TaskConfigBase
+from medfed.ssl.task import PretrainTask
+from medfed.tasks.base import TaskConfigBase
 from medfed.tasks.models import build_network
 
 PROJECTOR = "projector."
@@ -62,9 +59,8 @@ class SimCLRConfig(TaskConfigBase):
     splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
 
 
-class SimCLRTask(Task):
+class SimCLRTask(PretrainTask):
     kind: ClassVar[str] = "ssl_simclr"
-    primary_metric: ClassVar[str] = "loss"
     #: weight entries that stay at each site in federated pretraining (never aggregated)
     local_prefixes: ClassVar[tuple[str, ...]] = (PROJECTOR,)
     config: SimCLRConfig
@@ -81,15 +77,6 @@ class SimCLRTask(Task):
             torch.manual_seed(seed)
             return SimCLRModel(encoder, self.config.feature_dim, self.config.projection_dim)
 
-    def check_site(self, site: Site) -> list[Problem]:
-        return [] if len(site.split(self.config.splits)) else [site.problem(f"no image in {self.config.splits}")]
-
-    def train_dataset(self, site: Site) -> Dataset:
-        return site.dataset(self.config.splits)
-
-    def eval_dataset(self, site: Site, split: str) -> Dataset:
-        return site.dataset(split)
-
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Projections of two random views (drawn from torch's RNG, which local training seeds)."""
         first, second = self.views(batch["image"], generator=None)  # type: ignore[arg-type]
@@ -101,11 +88,6 @@ class SimCLRTask(Task):
             return outputs[0].sum() * 0.0
         return nt_xent(outputs[0], outputs[1], self.config.temperature)
 
-    def evaluate(self, model: nn.Module, dataset: Dataset) -> pd.DataFrame:
-        raise NotImplementedError("SSL pretraining has no per-case evaluation; fine-tune and evaluate the task")
-
-    def metrics(self, records: pd.DataFrame) -> dict[str, float]:
-        return {}
 
 
 def encoder_state(model: SimCLRModel) -> dict[str, torch.Tensor]:

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
-from medfed.errors import Problem
-from medfed.sites.base import Site
 from medfed.ssl.objectives import nt_xent
-from medfed.tasks.base import Task, TaskConfigBase
+from medfed.ssl.task import PretrainTask
+from medfed.tasks.base import TaskConfigBase
 from medfed.tasks.models import build_network
 
 
@@ -76,9 +73,8 @@ def masked_view(x: torch.Tensor, config: MaskedVolumeConfig, generator: torch.Ge
     return (x * scale + shift) * keep
 
 
-class MaskedVolumeTask(Task):
+class MaskedVolumeTask(PretrainTask):
     kind: ClassVar[str] = "ssl_masked_volume"
-    primary_metric: ClassVar[str] = "loss"
     #: weight entries that stay at each site in federated pretraining (never aggregated)
     local_prefixes: ClassVar[tuple[str, ...]] = ("head.",)
     config: MaskedVolumeConfig
@@ -90,15 +86,6 @@ class MaskedVolumeTask(Task):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return MaskedVolumeModel(encoder, self.config.out_channels, self.config.in_channels)
-
-    def check_site(self, site: Site) -> list[Problem]:
-        return [] if len(site.split(self.config.splits)) else [site.problem(f"no volume in {self.config.splits}")]
-
-    def train_dataset(self, site: Site) -> Dataset:
-        return site.dataset(self.config.splits)
-
-    def eval_dataset(self, site: Site, split: str) -> Dataset:
-        return site.dataset(split)
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x = batch["image"]
@@ -112,9 +99,3 @@ class MaskedVolumeTask(Task):
             loss = loss + self.config.contrastive_weight * nt_xent(first.flatten(1), second.flatten(1),
                                                                    self.config.temperature)
         return loss
-
-    def evaluate(self, model: nn.Module, dataset: Dataset) -> pd.DataFrame:
-        raise NotImplementedError("SSL pretraining has no per-case evaluation; fine-tune and evaluate the task")
-
-    def metrics(self, records: pd.DataFrame) -> dict[str, float]:
-        return {}
