@@ -104,7 +104,7 @@ def default_experiments() -> list[Path]:
 def cmd_run(args: argparse.Namespace) -> int:
     from medfed.demo import default_data_dir, ensure_demo
     from medfed.fl.experiment import run_experiment, uses_demo
-    from medfed.fl.sweep import combine, expand, markdown_table
+    from medfed.fl.sweep import combine, expand, markdown_table, table_metrics
 
     started = time.perf_counter()
     configs = list(args.configs) or default_experiments()
@@ -148,8 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sweep, root, runs in sweeps:
         table = combine(sweep, root, runs)
         if len(table):
-            print(f"\n== sweep over {sweep.parameter}: pooled test precision and F1 [95% CI] ==")
-            print(markdown_table(table, sweep.parameter))
+            print(f"\n== sweep over {sweep.parameter}: pooled test values [95% CI] ==")
+            print(markdown_table(table, sweep.parameter, metrics=table_metrics(runs)))
             print(f"   sweep table: {root / 'sweep.csv'}, {root / 'sweep.md'}")
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return exit_code

@@ -141,3 +141,19 @@ def test_nt_xent_equals_monai_contrastive_loss():
     a, b = torch.randn(8, 16, generator=generator), torch.randn(8, 16, generator=generator)
     for temperature in (0.1, 0.5):
         torch.testing.assert_close(nt_xent(a, b, temperature), ContrastiveLoss(temperature=temperature)(a, b))
+
+
+def test_sweep_variants_keep_pointing_at_the_pretrained_file(tmp_path):
+    import yaml
+
+    from medfed.fl.sweep import expand
+
+    (tmp_path / "tasks").mkdir()
+    config = {"name": "budget", "federation": "demo:chest_xray", "task": {"kind": "classification"},
+              "methods": ["fedavg", {"strategy": "fedavg", "name": "ssl", "init": "../reports/enc.pt"}],
+              "sweep": {"parameter": "rounds", "values": [2, 8], "set": ["training.rounds"]}, "training": {"rounds": 1}}
+    (tmp_path / "tasks" / "budget.yaml").write_text(yaml.safe_dump(config))
+    _, _, variants = expand(tmp_path / "tasks" / "budget.yaml", tmp_path / "out")
+    data = yaml.safe_load(variants[1][1].read_text())
+    assert data["training"]["rounds"] == 8
+    assert data["methods"][1]["init"] == {"path": str((tmp_path / "reports" / "enc.pt").resolve())}

@@ -11,12 +11,14 @@ An experiment config with a ``sweep`` block is a family of experiments:
 
 Each value ``v`` gives the experiment ``<name>-<v>`` (its config written to ``<out>/<name>/configs/<v>.yaml``,
 run into ``<out>/<name>/<name>-<v>/``); :func:`combine` then stacks their report rows (``per_site.csv``:
-estimate and CI per site, method and metric) into ``<out>/<name>/sweep.csv`` and ``sweep.md``.
+estimate and CI per site, method and metric) into ``<out>/<name>/sweep.csv`` and ``sweep.md`` (pooled primary
+metric, precision and F1 with CIs).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medfed.config import read_yaml, resolve_path, validate_model
 from medfed.errors import ConfigError
+from medfed.fl.config import resolve_init
 from medfed.io import atomic_write_text
 from medfed.synth.corruptions import CORRUPTION_NAMES
 
@@ -34,7 +37,7 @@ from medfed.synth.corruptions import CORRUPTION_NAMES
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     parameter: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    values: list[str | int | float] = Field(min_length=1)
+    values: list[int | float | str] = Field(min_length=1)
     set: list[str] = Field(min_length=1)
 
     @field_validator("values", mode="before")
@@ -67,6 +70,12 @@ def expand(config_path: Path, out_root: Path) -> tuple[SweepConfig, str, list[tu
         raw["federation"] = str(resolve_path(federation, config_path.parent))
     if isinstance(raw.get("partition"), dict) and raw["partition"].get("file"):
         raw["partition"]["file"] = str(resolve_path(str(raw["partition"]["file"]), config_path.parent))
+    model = raw.get("task", {}).get("model") if isinstance(raw.get("task"), dict) else None
+    if isinstance(model, dict) and model.get("init") is not None:
+        model["init"] = resolve_init(model["init"], config_path.parent)
+    for method in raw.get("methods", []):
+        if isinstance(method, dict) and method.get("init") is not None:
+            method["init"] = resolve_init(method["init"], config_path.parent)
     variants = []
     for value in sweep.values:
         data = copy.deepcopy(raw)
@@ -88,8 +97,18 @@ def combine(sweep: SweepConfig, folder: Path, runs: Sequence[tuple[str, Path]]) 
     table = pd.concat(frames, ignore_index=True)
     table = table[[sweep.parameter, *[c for c in table.columns if c != sweep.parameter]]]
     atomic_write_text(folder / "sweep.csv", table.to_csv(index=False))
-    atomic_write_text(folder / "sweep.md", markdown_table(table, sweep.parameter))
+    atomic_write_text(folder / "sweep.md", markdown_table(table, sweep.parameter, metrics=table_metrics(runs)))
     return table
+
+
+def table_metrics(runs: Sequence[tuple[str, Path]]) -> tuple[str, ...]:
+    """The runs' primary metric (from ``summary.json``), then precision and F1."""
+    for _, run in runs:
+        summary = run / "summary.json"
+        if summary.is_file():
+            primary = json.loads(summary.read_text()).get("primary_metric", "auroc")
+            return tuple(dict.fromkeys([primary, "precision", "f1"]))
+    return ("precision", "f1")
 
 
 def markdown_table(table: pd.DataFrame, parameter: str, site: str = "pooled",
