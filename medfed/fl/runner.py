@@ -126,6 +126,7 @@ class MethodRunner:
         self.server_benchmark = server_benchmark
         self.init = init
         self.min_counts = {s.name: s.min_count for s in self.sites}
+        self._val_examples = {s.name: len(s.split("val")) for s in self.sites}
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
         self._local_lr = float(task.config.optimizer.lr)  # SCAFFOLD's control variates need the local step size
         if isinstance(training.availability, dict):
@@ -243,6 +244,7 @@ class MethodRunner:
                 if self.strategy.wants_start_loss:
                     info["start_loss"] = self.task.mean_loss(model, datasets[site])
                 hooks = self.strategy.client_hooks(model, site, state)
+                trained_from = time.perf_counter()
                 result = self.task.local_train(
                     model, datasets[site], **self._local_budget(),
                     seed=derive_seed(self.seed, "train", rnd, site), hooks=hooks,
@@ -266,6 +268,11 @@ class MethodRunner:
             record["completed"].append(site)
             record["train_loss"][site] = result.mean_loss
             record["num_examples"][site] = num_examples
+            # the site's local work, for simulated round times (challenge convergence score); seconds vary by
+            # machine, examples do not
+            record.setdefault("work", {})[site] = {
+                "seconds": round(time.perf_counter() - trained_from, 4), "examples": result.examples_seen,
+                "val_examples": self._val_examples.get(site, 0)}
             yield ClientUpdate(site, weights, num_examples,
                                {"loss": result.mean_loss, "steps": result.steps, "lr": self._local_lr, **info})
 
@@ -276,7 +283,12 @@ class MethodRunner:
         for site in self.site_names:
             set_weights(model, models[site])
             frames.append(evaluate_on_site(self.task, model, site, self.eval_datasets))
-        return metrics_by_site(self.task, pd.concat(frames, ignore_index=True), self.min_counts)
+        records = pd.concat(frames, ignore_index=True)
+        by_site = metrics_by_site(self.task, records, self.min_counts)
+        # every site's model on its own cases, pooled (the federation's validation score, e.g. for convergence)
+        pooled = records.assign(site=POOLED)
+        by_site.update(metrics_by_site(self.task, pooled, {POOLED: max(self.min_counts.values(), default=1)}))
+        return by_site
 
     def _write_log(self, log: list[dict[str, Any]]) -> None:
         atomic_write_text(self.run_dir / ROUNDS_LOG, "".join(json.dumps(r) + "\n" for r in log))

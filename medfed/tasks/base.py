@@ -81,6 +81,15 @@ class LocalHook:
         return None
 
 
+def batch_size(batch: Any) -> int:
+    """Examples in a collated batch: the leading size of its ``image`` (or first tensor) entry."""
+    if isinstance(batch, dict):
+        value = batch.get("image", next((v for v in batch.values() if isinstance(v, torch.Tensor)), None))
+    else:
+        value = batch[0] if isinstance(batch, list | tuple) else batch
+    return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.ndim else 1
+
+
 @dataclass
 class TrainResult:
     """What one call of :meth:`Task.local_train` did."""
@@ -88,6 +97,8 @@ class TrainResult:
     steps: int
     num_examples: int
     losses: list[float] = field(default_factory=list)
+    #: examples processed over all steps (``num_examples x epochs`` for whole epochs): the work a site did
+    examples_seen: int = 0
 
     @property
     def mean_loss(self) -> float:
@@ -214,6 +225,7 @@ class Task(ABC):
                     optimizer.step()
                     result.losses.append(float(loss.detach()))
                     result.steps += 1
+                    result.examples_seen += batch_size(batch)
                     if max_steps is not None and result.steps >= max_steps:
                         return result
         return result
