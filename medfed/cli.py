@@ -1,4 +1,4 @@
-"""The ``medfed`` command: ``synth``, ``validate``, ``run``, ``report``.
+"""The ``medfed`` command: ``synth``, ``validate``, ``run``, ``pretrain``, ``report``, ``predict``, ``score``.
 
 Bad input ends in a message naming the file, case and reason and a non-zero exit code, never a
 traceback: exit 1 for data problems, 2 for config/usage errors.
@@ -204,6 +204,72 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convergence_scores(specs: Sequence[str], profiles_path: Path | None) -> dict[str, float]:
+    """``TEAM=NUMBER`` or ``TEAM=RUN_DIR`` (scored from its rounds log with the timing profiles)."""
+    from medfed.challenge.convergence import TimingProfiles, run_convergence
+    from medfed.config import read_yaml, validate_model
+
+    profiles = TimingProfiles()
+    if profiles_path is not None:
+        profiles = validate_model(TimingProfiles, read_yaml(profiles_path), str(profiles_path))
+    scores = {}
+    for spec in specs:
+        team, sep, value = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--convergence {spec!r}: expected TEAM=SCORE or TEAM=RUN_DIR")
+        try:
+            scores[team] = float(value)
+        except ValueError:
+            result = run_convergence(Path(value), profiles)
+            for note in result.notes:
+                print(f"   {team}: {note}", file=sys.stderr)
+            scores[team] = result.score
+            print(f"   {team}: convergence score {result.score:.4f} ({result.rounds_counted} rounds within "
+                  f"{result.t_max:.0f} s simulated)")
+    return scores
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from medfed.challenge.case_metrics import EmptyRules
+    from medfed.challenge.scoring import ScoringOptions, score
+    from medfed.challenge.submissions import parse_submissions
+    from medfed.sites import load_federation
+
+    submissions = parse_submissions(args.submissions)
+    convergence = _convergence_scores(args.convergence or (), args.profiles) if args.convergence else None
+    options = ScoringOptions(
+        split=args.split, ranking=args.ranking, rules=EmptyRules(one_empty_hd95=args.hd95_penalty),
+        missing_hd95=args.missing_hd95, n_resamples=args.resamples, seed=args.seed, alpha=args.alpha,
+        convergence=convergence)
+    federation = load_federation(args.sites)
+    out = args.out or Path("reports") / f"score-{federation.name}"
+    result = score(federation, submissions, out, options, progress=not args.no_progress)
+    print(f"\n== {options.ranking} ranking of {len(submissions)} submission(s) on {result.summary['cases']} case(s) ==")
+    stability = result.stability.set_index("team")
+    for _, row in result.ranking.final.iterrows():
+        s = stability.loc[row["team"]]
+        print(f"  {int(row['rank']):>2}  {row['team']:<20} score {row['score']:.3f}   bootstrap rank "
+              f"{s['median_rank']:g} [{s['rank_low']:g}, {s['rank_high']:g}], P(rank 1) {s['p_first']:.2f}")
+    if len(result.problems):
+        print(f"  {len(result.problems)} prediction problem(s), each scored worst: {out / 'problems.csv'}")
+    print(f"   leaderboard: {out / 'leaderboard.html'} (tables: per_case.csv, per_institution.csv, ranking.csv, "
+          f"rank_stability.csv, significance.csv)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medfed.challenge.predict import write_predictions
+    from medfed.demo import default_data_dir, ensure_demo
+    from medfed.fl.experiment import uses_demo
+
+    modality = uses_demo(args.config)
+    demo = ensure_demo(Path(args.data) if args.data else default_data_dir(), modalities=(modality,)) if modality else None
+    written = write_predictions(args.config, args.method, args.out, split=args.split, reports=args.reports,
+                                demo_configs=demo, progress=not args.no_progress)
+    print(f"{written} label map(s) of {args.method} written to {args.out}")
+    return 0
+
+
 def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report statistics")
     group.add_argument("--baseline", action="append", metavar="METHOD",
@@ -262,6 +328,40 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="report folder (default: the run directory; needed when merging)")
     _add_report_options(report)
     report.set_defaults(func=cmd_report)
+
+    predict = sub.add_parser("predict", help="write a trained segmentation run's label maps as a challenge submission")
+    predict.add_argument("config", type=Path, help="experiment config the run was trained with")
+    predict.add_argument("--method", required=True, help="method (label) whose final model predicts")
+    predict.add_argument("--out", required=True, type=Path, help="submission folder (<ID>_seg.nii.gz files)")
+    predict.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
+    predict.add_argument("--reports", default="reports", help="where `medfed run` wrote the run (default reports)")
+    predict.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
+    predict.add_argument("--no-progress", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+
+    scoring = sub.add_parser("score", help="challenge scoring: evaluate submissions at each site, FeTS-style ranking, "
+                                           "leaderboard.html")
+    scoring.add_argument("sites", type=Path, help="federation config holding the ground truth")
+    scoring.add_argument("submissions", nargs="+", help="TEAM=FOLDER (or FOLDER: team = folder name) of label maps")
+    scoring.add_argument("--out", type=Path, help="scoring folder (default reports/score-<federation>)")
+    scoring.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
+                         help="cases scored at each site (default test)")
+    scoring.add_argument("--ranking", choices=("fets2", "fets1", "aggregate"), default="fets2",
+                         help="fets2: rank per institution then average (default); fets1: per-case ranks with the "
+                              "convergence score; aggregate: mean metrics then rank")
+    scoring.add_argument("--convergence", action="append", metavar="TEAM=SCORE|RUN_DIR",
+                         help="task-1 convergence score of a team, or the medfed run directory to compute it from")
+    scoring.add_argument("--profiles", type=Path, help="timing profiles YAML for convergence scores "
+                                                       "(e.g. sites/fets_timing.yaml)")
+    scoring.add_argument("--hd95-penalty", type=float, default=374.0,
+                         help="HD95 (mm) when a structure is empty in exactly one of truth and prediction (374)")
+    scoring.add_argument("--missing-hd95", type=float, default=1000.0,
+                         help="HD95 a missing or unscorable case counts as in the ranking (1000)")
+    scoring.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the ranking (1000)")
+    scoring.add_argument("--alpha", type=float, default=0.05, help="significance level of the pairwise tests")
+    scoring.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    scoring.add_argument("--no-progress", action="store_true")
+    scoring.set_defaults(func=cmd_score)
     return parser
 
 

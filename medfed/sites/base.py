@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,6 +39,23 @@ from medfed.sites.splits import SPLITS, assign_splits
 from medfed.stats import suppress_count
 
 PUBLIC_FIXED_COLUMNS = ("case_id", "site", "split")
+
+
+@dataclass(frozen=True)
+class ReferenceCase:
+    """One case's ground truth as a site holds it for scoring a submission *at the site*.
+
+    ``source_id`` (the subject / file id a submission names its prediction after) and ``label`` never
+    leave the site: scoring code turns them into per-case metric records under the hashed ``case_id``.
+    ``label`` is the label map (``ET = 4`` for BraTS); ``spacing`` the voxel size in mm; ``affine`` the
+    voxel-to-world matrix of the label file (``None`` where the format has none).
+    """
+
+    case_id: str
+    source_id: str
+    label: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray | None = None
 
 
 class Site(ABC):
@@ -147,6 +166,15 @@ class Site(ABC):
         if transform is None:  # the default transform is deterministic: its results are cached in memory
             return SiteDataset(data=rows.to_dict("records"), transform=_CachedDefault(self, names[0]))
         return SiteDataset(data=rows.to_dict("records"), transform=Compose([_LoadCase(self), transform]))
+
+    def reference_cases(self, split: str | Sequence[str] = "test") -> Iterator[ReferenceCase]:
+        """The ground truth of the split's cases for challenge scoring at the site (label-map adapters)."""
+        raise MedfedError(f"site {self.name}: {type(self).__name__} has no label maps to score segmentations against")
+
+    def write_label_map(self, case_id: str, label: np.ndarray, folder: Path) -> Path:
+        """Write a predicted label map of one of this site's cases under the name a challenge expects
+        (label-map adapters); the source id stays inside the adapter."""
+        raise MedfedError(f"site {self.name}: {type(self).__name__} does not write label maps")
 
     def validate(self, progress: bool = False) -> list[Problem]:
         """Every problem of this site: indexing problems plus a full read of every indexed case."""

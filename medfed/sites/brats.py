@@ -29,10 +29,11 @@ so splits are unstratified), metadata ``institution`` (partition id, or ``name``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -47,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medfed.config import FederationConfig, resolve_path, validate_model
 from medfed.errors import ConfigError, MedfedError, Problem, describe_path
-from medfed.sites.base import Site, finite_problems
+from medfed.sites.base import ReferenceCase, Site, finite_problems
 from medfed.sites.nifti_io import (
     NiftiGeometry,
     UnreadableNifti,
@@ -55,6 +56,7 @@ from medfed.sites.nifti_io import (
     read_geometry,
     read_volume,
 )
+from medfed.sites.splits import SPLITS
 
 #: image channels, in the order of ``image`` returned by :meth:`BratsSite._load_case`
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -253,6 +255,40 @@ class BratsSite(Site):
             "label": label[None],
             "spacing": tuple(round(z, 6) for z in geometry.zooms[:3]),  # header zooms are float32
         }
+
+    def reference_cases(self, split: str | Sequence[str] = "test") -> Iterator[ReferenceCase]:
+        """Each case's segmentation (``ET = 4``), voxel size and affine, read one at a time (see
+        :class:`~medfed.sites.base.ReferenceCase`); ``split="all"`` gives every case."""
+        names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
+        rows = self._table[self._table["split"].isin(names)]
+        for _, case in rows.iterrows():
+            try:
+                seg, geometry = read_volume(case["_seg"])
+            except UnreadableNifti as err:
+                raise MedfedError(f"site {self.name}, case {case['case_id']}: unreadable segmentation ({err}); "
+                                  f"run `medfed validate`") from None
+            label = np.rint(np.nan_to_num(seg)).astype(np.uint8)
+            if self.options.enhancing_label != ET_LABEL:
+                label[label == self.options.enhancing_label] = ET_LABEL
+            yield ReferenceCase(case["case_id"], str(case["_source_id"]), label,
+                                tuple(round(z, 6) for z in geometry.zooms[:3]), geometry.affine)
+
+    def write_label_map(self, case_id: str, label: np.ndarray, folder: Path) -> Path:
+        """``<folder>/<ID>_seg.nii.gz`` (uint8, ET = 4, on the case's grid and affine): a BraTS submission file."""
+        rows = self._table[self._table["case_id"] == case_id]
+        if rows.empty:
+            raise MedfedError(f"site {self.name}: no case {case_id}")
+        case = rows.iloc[0]
+        geometry = read_geometry(case["_seg"])
+        if tuple(label.shape) != geometry.shape:
+            raise MedfedError(f"site {self.name}, case {case_id}: label map shape {label.shape} differs from the "
+                              f"case's {geometry.shape_text}")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{case['_source_id']}_seg.nii.gz"
+        image = nib.Nifti1Image(np.asarray(label, dtype=np.uint8), geometry.affine)
+        image.header.set_zooms(geometry.zooms[:3])
+        nib.save(image, path)
+        return path
 
     def default_transform(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """Same for every split: optional centred pad/crop to ``spatial_size``; the label as BraTS regions
