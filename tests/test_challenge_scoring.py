@@ -151,7 +151,7 @@ def test_task1_ranking_needs_convergence_scores_and_uses_them(brain, teams, tmp_
 
 
 def test_submission_errors_are_clear(tmp_path):
-    with pytest.raises(MedfedError, match="not found"):
+    with pytest.raises(MedfedError, match="neither a folder of label maps nor a CSV"):
         parse_submissions([f"x={tmp_path / 'nope'}"])
     (tmp_path / "a").mkdir()
     with pytest.raises(MedfedError, match="more than one submission"):

@@ -32,7 +32,7 @@ def institution_rank_heatmap(per_institution: pd.DataFrame, teams: Sequence[str]
         axis.set_yticks(range(len(teams)), list(teams))
         axis.set_xlabel("institution")
         axis.set_title("Rank per institution (1 = best)", fontsize=9)
-        figure.colorbar(image, ax=axis, shrink=0.8, label="rank")
+        figure.colorbar(image, ax=axis, shrink=0.8, label="rank", ticks=range(1, max(len(teams), 2) + 1))
         return to_svg(figure)
 
 
@@ -49,6 +49,7 @@ def rank_blob_plot(frequencies: pd.DataFrame, stability: pd.DataFrame, teams: Se
         axis.vlines(x, rows["rank_low"], rows["rank_high"], color="black", linewidth=1)
         axis.scatter(x, rows["median_rank"], marker="x", color="black", s=25, zorder=3)
         axis.set_xticks(x, list(teams), rotation=30, ha="right")
+        axis.set_xlim(-0.6, len(teams) - 0.4)
         axis.set_yticks(range(1, len(teams) + 1))
         axis.set_ylim(len(teams) + 0.5, 0.5)
         axis.set_ylabel("rank")

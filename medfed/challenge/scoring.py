@@ -3,7 +3,8 @@
 Scoring directory (``<out>/``)::
 
     per_case.csv           team, site, institution, case_id (hashed), metric, value, status
-    per_institution.csv    team, institution, n_cases, mean and median of every metric (suppressed below min_count)
+    per_institution.csv    team, institution, n_cases, mean and median of every metric, AUROC (suppressed below min_count)
+    site_metrics.csv       team, site, metric, value, n_cases: metrics a site computes on all its cases (AUROC)
     ranking.csv            team, score, rank: the final ranking (procedure in summary.json)
     institution_ranks.csv  institution, team, score, rank: every institution's own ranking
     rank_stability.csv     team, median rank, 95% rank interval, share of bootstrap resamples at rank 1
@@ -28,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from medfed.challenge.case_metrics import METRICS, REGIONS, EmptyRules, metric_name
+from medfed.challenge.case_metrics import EmptyRules
 from medfed.challenge.ranking import Ranking, rank
 from medfed.challenge.robustness import bootstrap_rankings, pairwise_significance
 from medfed.challenge.site_scoring import SiteScores, score_site
@@ -38,21 +39,25 @@ from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation
 from medfed.stats import suppress_count
 
-#: metrics the FeTS ranking uses: Dice and HD95 of ET, TC, WT
-RANKED_METRICS: dict[str, Literal["max", "min"]] = {
-    metric_name(m, r): ("max" if m == "Dice" else "min") for r in REGIONS for m in ("Dice", "HD95")
-}
-#: values a missing or unscorable case counts as in the ranking (FeTS)
-MISSING_VALUES: dict[str, float] = {metric_name(m, r): (0.0 if m == "Dice" else 1000.0)
-                                    for r in REGIONS for m in ("Dice", "HD95")}
+#: ranked metrics by prefix: direction, and whether a missing case counts as the ``missing_dice`` /
+#: ``missing_hd95`` option or a fixed worst value. Segmentation ranks Dice and HD95 of ET, TC, WT (FeTS's 6
+#: pairs); classification ranks the Brier score of each finding.
+RANKED_PREFIXES: dict[str, Literal["max", "min"]] = {"Dice": "max", "HD95": "min", "Brier": "min"}
 RANKINGS = {
-    "fets2": "FeTS task 2: per institution, rank per case and (region x metric), average over cases, re-rank, "
-             "average the 6 ranks; average the institution ranks (each institution counts equally); rank",
-    "fets1": "FeTS task 1: per case, the 6 (region x metric) ranks plus the convergence-score rank counted 3 "
+    "fets2": "FeTS task 2: per institution, rank the teams per case on each ranked metric, average over the "
+             "institution's cases, re-rank, average these ranks; average the institution ranks (each institution "
+             "counts equally); rank",
+    "fets1": "FeTS task 1: per case, the ranks on each ranked metric plus the convergence-score rank counted 3 "
              "times, averaged; averaged over all cases; rank",
-    "aggregate": "aggregate then rank: per institution, the mean of each metric over cases, ranked per metric and "
-                 "averaged; averaged over institutions; rank",
+    "aggregate": "aggregate then rank: per institution, the mean of each ranked metric over cases, ranked per "
+                 "metric and averaged; averaged over institutions; rank",
 }
+
+
+def ranked_metrics(records: pd.DataFrame) -> dict[str, Literal["max", "min"]]:
+    """The ranked metrics present in ``records`` (Dice/HD95 per region, or Brier per finding), in order."""
+    names = list(dict.fromkeys(records["metric"]))
+    return {name: RANKED_PREFIXES[name.split("_", 1)[0]] for name in names if name.split("_", 1)[0] in RANKED_PREFIXES}
 
 
 @dataclass
@@ -69,8 +74,10 @@ class ScoringOptions:
     alpha: float = 0.05
     convergence: dict[str, float] | None = None
 
-    def missing(self) -> dict[str, float]:
-        return {name: (self.missing_dice if name.startswith("Dice") else self.missing_hd95) for name in RANKED_METRICS}
+    def missing(self, metrics: Sequence[str]) -> dict[str, float]:
+        """What a missing case counts as: Dice ``missing_dice``, HD95 ``missing_hd95``, Brier 1 (its maximum)."""
+        fixed = {"Dice": self.missing_dice, "HD95": self.missing_hd95, "Brier": 1.0}
+        return {name: fixed[name.split("_", 1)[0]] for name in metrics}
 
 
 @dataclass
@@ -95,14 +102,15 @@ def collect_site_scores(
 
 def ranking_table(records: pd.DataFrame) -> pd.DataFrame:
     """The ranked metrics of ``records``; a case whose prediction was unscorable counts as missing (NaN)."""
-    ranked = records[records["metric"].isin(list(RANKED_METRICS))].copy()
+    ranked = records[records["metric"].isin(list(ranked_metrics(records)))].copy()
     ranked.loc[ranked["status"] != "ok", "value"] = np.nan
     return ranked[["team", "institution", "case_id", "metric", "value"]]
 
 
-def institution_table(records: pd.DataFrame, min_counts: Mapping[str, int]) -> pd.DataFrame:
-    """Per team and institution: case count, mean and median of every metric; values hidden below the
-    institution's ``min_count`` (the count shown as ``<min_count``)."""
+def institution_table(records: pd.DataFrame, summaries: pd.DataFrame, min_counts: Mapping[str, int]) -> pd.DataFrame:
+    """Per team and institution: case count, mean and median of every per-case metric and the site-level
+    metrics (AUROC); values hidden below the institution's ``min_count`` (the count shown as ``<min_count``)."""
+    site_level = summaries.set_index(["team", "site", "metric"])["value"] if len(summaries) else pd.Series(dtype=float)
     rows = []
     for (team, institution, site), group in records.groupby(["team", "institution", "site"], sort=False):
         n = int(group["case_id"].nunique())
@@ -114,6 +122,9 @@ def institution_table(records: pd.DataFrame, min_counts: Mapping[str, int]) -> p
         for metric, values in group.groupby("metric", sort=False)["value"]:
             row[f"{metric}_mean"] = np.nan if n < minimum else float(values.mean())
             row[f"{metric}_median"] = np.nan if n < minimum else float(values.median())
+        for (t, s, metric), value in site_level.items():
+            if t == team and s == site:
+                row[metric] = np.nan if n < minimum else float(value)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -136,6 +147,8 @@ def score(
     out.mkdir(parents=True, exist_ok=True)
     messages = collect_site_scores(federation, submissions, options, progress)
     records = pd.concat([m.records for m in messages], ignore_index=True)
+    summaries = pd.concat([m.summaries for m in messages if len(m.summaries)] or [messages[0].summaries],
+                          ignore_index=True)
     problems = pd.DataFrame([{"site": p.site, "case": p.case, "team": (p.file or "").removeprefix("team "),
                               "reason": p.reason} for m in messages for p in m.problems],
                             columns=["site", "case", "team", "reason"])
@@ -143,29 +156,33 @@ def score(
     if not scored_sites:
         raise MedfedError(f"no site has a case in split {options.split!r} to score")
     table = ranking_table(records)
-    metrics, missing = RANKED_METRICS, options.missing()
+    metrics = ranked_metrics(table)
+    missing = options.missing(list(metrics))
     ranking = rank(table, options.ranking, metrics, missing, convergence=options.convergence)
     boot = bootstrap_rankings(table, metrics, missing, method=options.ranking, convergence=options.convergence,
                               n_resamples=options.n_resamples, seed=options.seed)
     stability, frequencies = boot.summary(), boot.rank_frequencies()
     significance = pairwise_significance(table, metrics, missing, alpha=options.alpha)
     min_counts = {site.name: site.min_count for site in federation}
-    per_institution = institution_table(records, min_counts)
+    per_institution = institution_table(records, summaries, min_counts)
     tau = np.asarray(boot.kendall_tau, dtype=float)
+    tau = tau[np.isfinite(tau)]  # NaN: a ranking with one team, or all tied
     summary = {
         "ranking": options.ranking, "procedure": RANKINGS[options.ranking], "split": options.split,
+        "ranked_metrics": metrics,
         "teams": teams, "institutions": [{"site": m.site, "institution": m.institution,
                                           "cases": suppress_count(m.n_cases, min_counts[m.site])} for m in messages],
         "cases": int(sum(m.n_cases for m in messages)), "rules": asdict(options.rules),
-        "missing": {"Dice": options.missing_dice, "HD95": options.missing_hd95},
+        "missing": missing,
         "bootstrap": {"resamples": options.n_resamples, "seed": options.seed,
-                      "kendall_tau_median": float(np.nanmedian(tau)) if tau.size else None,
-                      "kendall_tau_q025": float(np.nanquantile(tau, 0.025)) if tau.size else None},
+                      "kendall_tau_median": float(np.median(tau)) if tau.size else None,
+                      "kendall_tau_q025": float(np.quantile(tau, 0.025)) if tau.size else None},
         "alpha": options.alpha, "convergence": options.convergence,
         "final": ranking.final.to_dict("records"), "problems": len(problems),
     }
     _write(out / "per_case.csv", records)
     _write(out / "per_institution.csv", per_institution)
+    _write(out / "site_metrics.csv", summaries)
     _write(out / "ranking.csv", ranking.final)
     _write(out / "institution_ranks.csv", ranking.per_institution)
     _write(out / "rank_stability.csv", stability)
@@ -188,4 +205,4 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-__all__ = ["METRICS", "RANKED_METRICS", "RANKINGS", "ScoringOptions", "ScoringResult", "score"]
+__all__ = ["RANKED_PREFIXES", "RANKINGS", "ScoringOptions", "ScoringResult", "ranked_metrics", "score"]

@@ -167,6 +167,26 @@ class Site(ABC):
             return SiteDataset(data=rows.to_dict("records"), transform=_CachedDefault(self, names[0]))
         return SiteDataset(data=rows.to_dict("records"), transform=Compose([_LoadCase(self), transform]))
 
+    def reference_targets(self, split: str | Sequence[str] = "test") -> pd.DataFrame:
+        """Ground truth of an image-label site for challenge scoring *at the site*: ``case_id``, ``source_id``
+        (never leaves the site) and one column per finding, 1 positive, 0 negative, -1 unknown (uncertain)."""
+        if self.label_kind != "classification":
+            raise MedfedError(f"site {self.name}: {type(self).__name__} has label maps, not image labels")
+        rows = self._split_rows(split)
+        targets = self._finding_targets(rows).astype(np.float64)
+        return pd.concat([rows[["case_id"]].reset_index(drop=True),
+                          rows["_source_id"].astype(str).rename("source_id").reset_index(drop=True),
+                          targets.reset_index(drop=True)], axis=1)
+
+    def _finding_targets(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One target column per finding (default: the label columns as they are)."""
+        return rows[self.label_columns]
+
+    def _split_rows(self, split: str | Sequence[str]) -> pd.DataFrame:
+        """Private rows of one split, several, or ``"all"``."""
+        names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
+        return self._table[self._table["split"].isin(names)]
+
     def reference_cases(self, split: str | Sequence[str] = "test") -> Iterator[ReferenceCase]:
         """The ground truth of the split's cases for challenge scoring at the site (label-map adapters)."""
         raise MedfedError(f"site {self.name}: {type(self).__name__} has no label maps to score segmentations against")

@@ -56,7 +56,6 @@ from medfed.sites.nifti_io import (
     read_geometry,
     read_volume,
 )
-from medfed.sites.splits import SPLITS
 
 #: image channels, in the order of ``image`` returned by :meth:`BratsSite._load_case`
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -259,9 +258,7 @@ class BratsSite(Site):
     def reference_cases(self, split: str | Sequence[str] = "test") -> Iterator[ReferenceCase]:
         """Each case's segmentation (``ET = 4``), voxel size and affine, read one at a time (see
         :class:`~medfed.sites.base.ReferenceCase`); ``split="all"`` gives every case."""
-        names = list(SPLITS) if split == "all" else [split] if isinstance(split, str) else list(split)
-        rows = self._table[self._table["split"].isin(names)]
-        for _, case in rows.iterrows():
+        for _, case in self._split_rows(split).iterrows():
             try:
                 seg, geometry = read_volume(case["_seg"])
             except UnreadableNifti as err:

@@ -119,6 +119,10 @@ class UreteroscopySite(Site):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def _finding_targets(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One-vs-rest targets: a column per stone class, 1 where ``stone_type`` is that class."""
+        return pd.DataFrame({c: (rows["stone_type"] == c).astype(np.int64) for c in self.classes}, index=rows.index)
+
     # ------------------------------------------------------------------ indexing
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
         problems: list[Problem] = []
