@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--convergence", action="append", metavar="TEAM=SCORE|RUN_DIR",
                          help="task-1 convergence score of a team, or the medfed run directory to compute it from")
     scoring.add_argument("--profiles", type=Path, help="timing profiles YAML for convergence scores "
-                                                       "(e.g. sites/fets_timing.yaml)")
+                                                       "(e.g. sites/profiles/fets_timing.yaml)")
     scoring.add_argument("--hd95-penalty", type=float, default=374.0,
                          help="HD95 (mm) when a structure is empty in exactly one of truth and prediction (374)")
     scoring.add_argument("--missing-hd95", type=float, default=1000.0,

@@ -60,3 +60,14 @@ def test_run_convergence_reads_the_runners_log(tmp_path):
     assert result.round_times == pytest.approx([tau, tau])
     assert result.score == pytest.approx((0.5 * tau + 0.8 * tau + (100 - 2 * tau) * 0.8) / 100)
     assert result.rounds_counted == 2 and result.notes == []
+
+
+def test_the_shipped_timing_profiles_parse():
+    from pathlib import Path
+
+    from medfed.config import read_yaml, validate_model
+
+    path = Path(__file__).parents[1] / "sites" / "profiles" / "fets_timing.yaml"
+    profiles = validate_model(TimingProfiles, read_yaml(path), str(path))
+    assert profiles.t_max == 604_800 and profiles.profile("inst-5").training_speed == 0.5
+    assert profiles.profile("unknown") == profiles.default
