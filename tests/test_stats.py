@@ -213,3 +213,22 @@ def test_undefined_inputs_give_undefined_statistics_not_numbers():
     assert delong_test(perfect, perfect, targets).p_value == 1.0
     # Wilcoxon counts only the pairs it tests (zero differences dropped)
     assert paired_wilcoxon(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 1.0, 1.0, 1.0])).n_pairs == 3
+
+
+def test_support_weighted_f1_equals_scikit_learn_weighted_average():
+    from sklearn.metrics import f1_score
+
+    from medfed.stats import RateStatistic, SupportWeightedStatistic, point_estimate
+
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 2, size=(40, 3))
+    targets[:, 2] = (rng.random(40) < 0.15).astype(int)  # a rare label counts little
+    predictions = np.where(rng.random((40, 3)) < 0.75, targets, 1 - targets)
+    parts = [RateStatistic("f1", predictions[:, j], targets[:, j]) for j in range(3)]
+    weighted = SupportWeightedStatistic(parts, [targets[:, j] == 1 for j in range(3)])
+    assert point_estimate(weighted) == pytest.approx(f1_score(targets, predictions, average="weighted"))
+    # by hand on a resample: label supports in the resample weight the per-label F1s
+    counts = rng.multinomial(40, np.full(40, 1 / 40), size=1)
+    values = np.array([p(counts)[0] for p in parts])
+    support = counts[0] @ targets
+    assert weighted(counts)[0] == pytest.approx((support * values).sum() / support.sum())

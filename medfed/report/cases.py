@@ -15,7 +15,7 @@ import pandas as pd
 
 from medfed.errors import MedfedError
 from medfed.metrics.segmentation import REGIONS
-from medfed.stats import AurocStatistic, MacroStatistic, MeanStatistic, RateStatistic
+from medfed.stats import AurocStatistic, MacroStatistic, MeanStatistic, RateStatistic, SupportWeightedStatistic
 from medfed.stats.weighted import Statistic
 
 _RATES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
@@ -87,6 +87,8 @@ def _classification(frames: Mapping[str, pd.DataFrame], ids: np.ndarray, labels:
         for name in names:
             statistics[(method, name)] = MacroStatistic([per_label[label][name] for label in labels])
             statistics.update({(method, f"{name}/{label}"): per_label[label][name] for label in labels})
+        statistics[(method, "f1_weighted")] = SupportWeightedStatistic(
+            [per_label[label]["f1"] for label in labels], [targets_by_label[label] == 1 for label in labels])
     # one finding: stratify by its class (masked cases, -1, form their own stratum); several findings: plain
     # bootstrap, since stratifying by label patterns leaves single-case strata (a resample lacking a class gives
     # an undefined value and is dropped)

@@ -64,5 +64,6 @@ def specs_for(kind: str, labels: list[str] | None = None) -> list[MetricSpec]:
             MetricSpec(f"{s.name}/{label}", f"{s.label}, {label}", s.unit, s.higher_is_better, s.test, s.compare)
             for label in labels for s in specs
         ]
-        specs = macro + per_label
+        weighted = [MetricSpec("f1_weighted", "F1 score, weighted by positives")]
+        specs = macro + weighted + per_label
     return specs

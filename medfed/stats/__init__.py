@@ -21,12 +21,13 @@ from medfed.stats.weighted import (
     MacroStatistic,
     MeanStatistic,
     RateStatistic,
+    SupportWeightedStatistic,
     point_estimate,
 )
 
 __all__ = [
     "CI_METHODS", "CORRECTIONS", "AurocStatistic", "DeLongResult", "Interval", "MacroStatistic",
-    "MeanStatistic", "PairedDifference", "RateStatistic", "WilcoxonResult", "across_sites",
+    "MeanStatistic", "PairedDifference", "RateStatistic", "SupportWeightedStatistic", "WilcoxonResult", "across_sites",
     "adjust_p_values", "benjamini_hochberg", "bootstrap_ci", "bootstrap_distributions", "bootstrap_p_value",
     "confidence_interval", "delong_test", "holm", "paired_difference", "paired_wilcoxon", "point_estimate",
     "rank_biserial", "suppress_count",

@@ -143,6 +143,26 @@ class MacroStatistic:
         return _divide(np.where(finite, values, 0.0).sum(axis=0), finite.sum(axis=0).astype(np.float64))
 
 
+class SupportWeightedStatistic:
+    """Mean of per-label statistics weighted by each label's positives in the resample (scikit-learn's
+    ``average="weighted"``): ``Σ_l P_l v_l / Σ_l P_l`` over labels with a defined ``v_l``, ``P_l = Σ_i c_i y_il``."""
+
+    def __init__(self, parts: Sequence[Statistic], positives: Sequence[np.ndarray]) -> None:
+        if not parts or len(parts) != len(positives):
+            raise ValueError("one positives indicator per statistic, at least one")
+        self.parts = list(parts)
+        self.n_cases = self.parts[0].n_cases
+        self._support = np.stack([np.asarray(p, dtype=np.float64) for p in positives], axis=1)  # (n, L)
+
+    def __call__(self, block: Resamples | np.ndarray) -> np.ndarray:
+        block = as_resamples(block)
+        values = np.stack([part(block) for part in self.parts], axis=1)  # (b, L)
+        weights = block.counts @ self._support
+        finite = np.isfinite(values)
+        weights = np.where(finite, weights, 0.0)
+        return _divide((weights * np.where(finite, values, 0.0)).sum(axis=1), weights.sum(axis=1))
+
+
 def point_estimate(statistic: Statistic) -> float:
     """The statistic on the original sample (every case once)."""
     return float(statistic(np.ones((1, statistic.n_cases), dtype=np.int64))[0])

@@ -139,4 +139,10 @@ class ClassificationTask(Task):
             values = [m[name] for m in per_label.values()]
             out[name] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
             out.update({f"{name}/{label}": m[name] for label, m in per_label.items()})
+        # support-weighted F1 (scikit-learn's average="weighted"): labels weighted by their positives
+        support = records[records["target"] == 1].groupby("label", sort=False).size()
+        weights = np.array([float(support.get(label, 0)) for label in per_label])
+        f1 = np.array([m["f1"] for m in per_label.values()])
+        keep = np.isfinite(f1) & (weights > 0)
+        out["f1_weighted"] = float((weights[keep] * f1[keep]).sum() / weights[keep].sum()) if keep.any() else float("nan")
         return out
