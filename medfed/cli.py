@@ -270,6 +270,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_options(pairs: Sequence[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` pairs (numbers and booleans parsed as YAML) -> backend keyword options."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def cmd_classify_reports(args: argparse.Namespace) -> int:
+    from medfed.text.backends import build_backend
+    from medfed.text.labels_out import label_table, read_reports_csv
+    from medfed.text.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy(args.taxonomy)
+    reports = read_reports_csv(args.reports, args.id_column, args.text_column, args.language_column, args.language)
+    backend = build_backend(args.backend, taxonomy, **_backend_options(args.option))
+    if args.fit is not None:
+        train = pd.read_csv(args.fit, dtype=str, keep_default_na=False)
+        missing = [c for c in (args.id_column, *taxonomy.names) if c not in train.columns]
+        if missing:
+            raise ConfigError(f"{args.fit}: missing column(s) {', '.join(missing)}")
+        labelled = read_reports_csv(args.fit, args.id_column, args.text_column, args.language_column, args.language)
+        backend.fit(labelled, train[[args.id_column, *taxonomy.names]].rename(columns={args.id_column: "report_id"}))
+    started = time.perf_counter()
+    predictions = backend.predict(reports)
+    seconds = time.perf_counter() - started
+    table = label_table(taxonomy, predictions, args.id_column, args.backend)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    unparsable = int((predictions["status"] != "ok").sum())
+    print(f"{len(reports)} report(s) labelled by {args.backend} in {seconds:.1f} s "
+          f"({len(reports) / max(seconds, 1e-9):.0f}/s){f'; {unparsable} unparsable' if unparsable else ''}: {args.out}")
+    for label in taxonomy.names:
+        counts = table[label].value_counts(dropna=False)
+        shown = ", ".join(f"{'blank' if pd.isna(k) else int(k)}: {v}" for k, v in counts.items())
+        print(f"   {label}: {shown}")
+    return 0
+
+
 def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report statistics")
     group.add_argument("--baseline", action="append", metavar="METHOD",
@@ -362,6 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     scoring.add_argument("--no-progress", action="store_true")
     scoring.set_defaults(func=cmd_score)
+
+    classify = sub.add_parser("classify-reports", help="label free-text radiology reports with a taxonomy "
+                                                       "(rules, embedding or llm); writes a CheXpert-style label table")
+    classify.add_argument("--taxonomy", required=True, type=Path, help="taxonomy YAML (labels, definitions, values)")
+    classify.add_argument("--reports", required=True, type=Path, help="CSV of reports: id, text, optional language")
+    classify.add_argument("--out", required=True, type=Path, help="label table CSV (the chest X-ray adapter's input)")
+    classify.add_argument("--backend", choices=("rules", "embedding", "llm"), default="rules")
+    classify.add_argument("--option", action="append", metavar="KEY=VALUE",
+                          help="backend option, e.g. model_path=/models/medgemma-4b-it for llm")
+    classify.add_argument("--fit", type=Path, help="labelled reports CSV (id, text, one column per label) to train "
+                                                   "the backend on first (embedding heads, llm LoRA)")
+    classify.add_argument("--id-column", default="Path", help="id column, copied to the output (default Path)")
+    classify.add_argument("--text-column", default="text")
+    classify.add_argument("--language-column", default="language", help="per-report language (ISO 639-1)")
+    classify.add_argument("--language", default="en", help="language of reports without one (default en)")
+    classify.set_defaults(func=cmd_classify_reports)
     return parser
 
 
