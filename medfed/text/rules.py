@@ -46,7 +46,9 @@ UNCERTAINTY_CUES: dict[str, tuple[str, ...]] = {
            "could represent", "differential"),
     "es": ("posible", "posiblemente", "probable", "probablemente", "sugestivo de", "sugiere", "sugieren",
            "no se descarta", "no se puede descartar", "no descartar", "dudoso", "dudosa", "sospecha de",
-           "sospechoso de", "a descartar", "valorar", "indeterminado"),
+           "sospechoso de", "a descartar", "valorar", "indeterminado",
+           # PadChest ships its Spanish reports stemmed (Bustos et al. 2020): the stems of the cues above
+           "posibl", "probabl", "sugest", "sugier", "no descart", "descart", "dudos", "sospech", "indetermin"),
     "fr": ("possible", "probable", "evoquant", "suspicion de", "douteux", "douteuse", "a exclure",
            "ne peut etre exclu", "ne peut etre exclue", "eventuel", "eventuelle"),
     "da": ("mulig", "muligvis", "sandsynlig", "sandsynligvis", "suspekt", "kan ikke udelukkes", "tvivlsom",
