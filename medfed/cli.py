@@ -314,6 +314,19 @@ def cmd_classify_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_reports(args: argparse.Namespace) -> int:
+    from medfed.text.evaluate import run_report_experiment
+
+    for config in args.configs:
+        run = run_report_experiment(config, args.out, progress=not args.no_progress)
+        print(f"\n== {run.out.name}: F1 (macro over labels) on each site's test reports ==")
+        print(run.summary.to_string())
+        print("   seconds per backend (train / predict): "
+              + "; ".join(f"{k} {v['train']:.0f} / {v['predict']:.0f}" for k, v in run.seconds.items()))
+        _report([run.out], None, _report_options(args))
+    return 0
+
+
 def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report statistics")
     group.add_argument("--baseline", action="append", metavar="METHOD",
@@ -422,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--language-column", default="language", help="per-report language (ISO 639-1)")
     classify.add_argument("--language", default="en", help="language of reports without one (default en)")
     classify.set_defaults(func=cmd_classify_reports)
+
+    evaluate = sub.add_parser("evaluate-reports", help="compare report backends on a report federation (per-site, "
+                                                       "per-label F1 with CIs; writes a run directory and its report)")
+    evaluate.add_argument("configs", nargs="+", type=Path, help="report experiment config(s), e.g. tasks/reports_*.yaml")
+    evaluate.add_argument("--out", default="reports", help="output folder; each experiment writes <out>/<name>/")
+    evaluate.add_argument("--no-progress", action="store_true")
+    _add_report_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate_reports)
     return parser
 
 

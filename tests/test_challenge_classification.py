@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfed.challenge.class_metrics import EPSILON, case_scores, site_auroc, worst_probabilities
+from medfed.challenge.class_metrics import (
+    EPSILON,
+    case_scores,
+    site_auroc,
+    worst_probabilities,
+)
 from medfed.challenge.scoring import ScoringOptions, score
 from medfed.challenge.site_scoring import SiteScores, score_site
 from medfed.challenge.submissions import Submission
@@ -72,7 +77,7 @@ def test_classification_submissions_are_scored_at_the_sites_and_ranked(chest, tm
     site = SiteScores.from_message(json.loads(text))
     assert set(site.summaries["metric"]) == {f"AUROC_{f}" for f in findings}
     result = score(federation, teams, tmp_path / "out", ScoringOptions(split="all", n_resamples=200), progress=False)
-    assert list(result.ranking.final["team"])[0] == "informed"
+    assert result.ranking.final["team"].iloc[0] == "informed"
     assert result.summary["ranked_metrics"] == {f"Brier_{f}": "min" for f in findings}
     problems = result.problems
     assert set(problems["team"]) == {"sloppy"} and len(problems) == 3

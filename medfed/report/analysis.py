@@ -153,7 +153,8 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
                 comparison_rows.append(_compare(site, method, baseline, spec, cases, distributions, estimates,
                                                 note, suppress_count(n, min_count), options))
     per_site = pd.DataFrame(per_site_rows)
-    comparisons = _correct(pd.DataFrame(comparison_rows), options.correction, len(pairs))
+    comparisons = _correct(pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS)), options.correction,
+                           len(pairs))
     withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
     aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
     if not withheld and run.methods:  # the pooled test set as one more row group, with its own CIs
@@ -207,6 +208,11 @@ def finding_labels(run: RunData) -> list[str] | None:
     if run.task_kind != "classification" or not run.methods:
         return None
     return list(dict.fromkeys(run.records[run.methods[0]]["label"].astype(str)))
+
+
+#: columns of a comparison row (also of an empty table: a report with one method compares nothing)
+COMPARISON_COLUMNS = ("site", "metric", "label", "unit", "method", "baseline", "difference", "ci_low", "ci_high",
+                      "p_bootstrap", "test", "p_value", "effect_size", "effect_size_name", "n_cases", "note")
 
 
 def _compare(

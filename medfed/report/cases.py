@@ -15,7 +15,13 @@ import pandas as pd
 
 from medfed.errors import MedfedError
 from medfed.metrics.segmentation import REGIONS
-from medfed.stats import AurocStatistic, MacroStatistic, MeanStatistic, RateStatistic, SupportWeightedStatistic
+from medfed.stats import (
+    AurocStatistic,
+    MacroStatistic,
+    MeanStatistic,
+    RateStatistic,
+    SupportWeightedStatistic,
+)
 from medfed.stats.weighted import Statistic
 
 _RATES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
