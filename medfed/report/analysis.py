@@ -128,7 +128,7 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
     options = options or ReportOptions()
     options.check()
     labels = finding_labels(run)
-    specs = specs_for(run.task_kind, labels=labels)
+    specs = specs_for(run.task_kind, labels=labels, compare=run.compare)
     baselines = choose_baselines(run.methods, options.baselines)
     pairs = comparison_pairs(run.methods, baselines)
     per_site_rows: list[dict[str, Any]] = []

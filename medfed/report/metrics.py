@@ -3,7 +3,8 @@ and which paired test compares two methods on it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from medfed.metrics.segmentation import REGIONS
 
@@ -49,8 +50,9 @@ SPECS: dict[str, tuple[MetricSpec, ...]] = {
 PRIMARY = {"classification": "auroc", "anomaly": "auroc", "segmentation": "dice_mean"}
 
 
-def specs_for(kind: str, labels: list[str] | None = None) -> list[MetricSpec]:
-    """The task's metrics; multi-label classification adds ``<metric>/<label>`` per label."""
+def specs_for(kind: str, labels: list[str] | None = None, compare: Sequence[str] = ()) -> list[MetricSpec]:
+    """The task's metrics; multi-label classification adds ``<metric>/<label>`` per label. ``compare`` names more
+    metrics (e.g. ``f1``, which also selects every ``f1/<label>``) to compare between methods."""
     if kind not in SPECS:
         raise ValueError(f"no report metrics for task kind {kind!r}; known: {', '.join(SPECS)}")
     specs = list(SPECS[kind])
@@ -66,4 +68,7 @@ def specs_for(kind: str, labels: list[str] | None = None) -> list[MetricSpec]:
         ]
         weighted = [MetricSpec("f1_weighted", "F1 score, weighted by positives")]
         specs = macro + weighted + per_label
+    if compare:
+        specs = [replace(s, compare=True) if s.name in compare or s.name.split("/")[0] in compare else s
+                 for s in specs]
     return specs

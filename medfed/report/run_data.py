@@ -37,6 +37,8 @@ class RunData:
     sites: list[dict[str, Any]]
     #: metrics.csv rows of the deployed models (for the pooled column)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: extra metrics the run asks to compare between methods (``report_compare`` in config.yaml)
+    compare: list[str] = field(default_factory=list)
 
     @property
     def site_names(self) -> list[str]:
@@ -102,7 +104,8 @@ def load_run(path: Path | str) -> RunData:
     if len(metrics):
         deployed = {m: deployed_model(g["model"].astype(str).unique().tolist()) for m, g in metrics.groupby("method")}
         metrics = metrics[metrics["model"].astype(str) == metrics["method"].map(deployed)].reset_index(drop=True)
-    return RunData(str(config.get("name", path.name)), [path], kind, order, records, rounds, sites, metrics)
+    return RunData(str(config.get("name", path.name)), [path], kind, order, records, rounds, sites, metrics,
+                   [str(m) for m in config.get("report_compare", [])])
 
 
 def merge_runs(runs: list[RunData]) -> RunData:
@@ -131,5 +134,5 @@ def merge_runs(runs: list[RunData]) -> RunData:
             metrics.append(run.metrics.assign(method=run.metrics["method"].map(labels)))
     return RunData(
         " + ".join(r.name for r in runs), [p for r in runs for p in r.paths], first.task_kind, methods, records, rounds,
-        first.sites, pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(),
+        first.sites, pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(), first.compare,
     )

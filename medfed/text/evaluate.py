@@ -127,7 +127,7 @@ def write_report_run(
     (out / "predictions").mkdir(exist_ok=True)
     config = {"name": experiment.name, "task": {"kind": "classification", "labels": taxonomy.names},
               "methods": [b.name for b in experiment.backends], "federation_file": str(federation_file),
-              "taxonomy": taxonomy.name, "seed": experiment.seed,
+              "taxonomy": taxonomy.name, "seed": experiment.seed, "report_compare": ["f1", "f1_weighted"],
               "backends": [b.model_dump(mode="json") for b in experiment.backends]}
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     atomic_write_text(out / "sites.json", json.dumps(list(site_summaries), indent=1))
