@@ -1,0 +1,1 @@
+"""Integrations of medfed with external federated-learning frameworks."""

@@ -1,0 +1,1 @@
+"""Flower (flwr) integration: Flower Apps and local deployment helpers for medfed."""

@@ -1,0 +1,1 @@
+"""Tiny echo Flower App used by the LocalCluster tests."""
