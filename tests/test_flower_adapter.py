@@ -1,0 +1,532 @@
+"""medfed over Flower (medfed.integrations.flower) driven through a fake Grid: no Ray, no network, no SuperLink.
+
+The fake Grid delivers each Message to the real ClientApp in this process, after a round trip of its content
+through Flower's wire format (protobuf), and delivers the reply the same way. Three nodes each own one site of
+a small synthetic chest X-ray federation through their own site config (one YAML per hospital). The in-process
+reference is ``medfed.fl.experiment.run_experiment`` on the same three sites with the same seed: Flower runs
+must give *bit-identical* weights, losses, round records and report files (no tolerance: every random draw
+depends only on (seed, round, site), weights travel as exact float32, numbers as float64).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+flwr_app = pytest.importorskip("flwr.app")
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from medfed.fl.checkpoint import load_checkpoint
+from medfed.fl.config import load_experiment
+from medfed.fl.experiment import run_experiment
+from medfed.fl.sampling import sample_sites
+from medfed.fl.strategies import build_strategy
+from medfed.fl.weights import get_weights, layout_of
+from medfed.integrations.flower import client as flower_client
+from medfed.integrations.flower import messages as wire
+from medfed.integrations.flower.app import client_app
+from medfed.integrations.flower.server import (
+    MedfedStrategy,
+    ServerSettings,
+    run_flower_method,
+)
+from medfed.seeding import derive_seed, rng_for
+from medfed.synth import write_federation
+from medfed.tasks import build_task
+from medfed.tasks.classification import ClassificationTask
+
+SITES = ["adult-a", "adult-b", "adult-c"]
+NODES = {101: "adult-a", 202: "adult-b", 303: "adult-c"}  # node ids are Flower's, unrelated to site order
+METHODS = ["fedavg", {"strategy": "fedprox", "proximal_mu": 0.1}, {"strategy": "fedagain", "reliability": "client"},
+           "scaffold", "local_only", {"strategy": "fedld", "margin_lambda": 0.05}]
+LABELS = ["fedavg", "fedprox", "fedagain", "scaffold", "local_only", "fedld"]
+APP_DIR = Path(__file__).resolve().parents[1] / "medfed" / "integrations" / "flower"
+
+
+class Interrupted(Exception):
+    """The ServerApp process dies (a kill, a power cut) in the middle of a round."""
+
+
+def _wire(content: RecordDict) -> RecordDict:
+    """``content`` after a trip through Flower's protobuf wire format (bytes)."""
+    return recorddict_from_proto(ProtoRecordDict.FromString(recorddict_to_proto(content).SerializeToString()))
+
+
+class FakeGrid(Grid):
+    """The Grid a ServerApp gets, with the ClientApp of each node called in-process.
+
+    ``ignore``: node -> message types it never answers (a site that is down or too slow: no reply arrives);
+    ``crash``: node -> message types whose ClientApp raises (Flower then replies with an error message);
+    ``interrupt_round``: the fake raises :class:`Interrupted` when round N's train messages are sent.
+    """
+
+    def __init__(self, node_configs: Mapping[int, dict[str, Any]], *, ignore: Mapping[int, set[str]] | None = None,
+                 crash: Mapping[int, set[str]] | None = None, interrupt_round: int | None = None) -> None:
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config=dict(cfg), state=RecordDict(), run_config={})
+                         for node, cfg in node_configs.items()}
+        self.ignore = dict(ignore or {})
+        self.crash = dict(crash or {})
+        self.interrupt_round = interrupt_round
+        self.timeouts: list[float | None] = []
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+        self._waiting: dict[str, Message] = {}
+        self._run = Run.create_empty(run_id=1)
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            ids.append(message.metadata.message_id)
+            self.sent.append(message)
+            node, kind = message.metadata.dst_node_id, message.metadata.message_type
+            if kind in self.ignore.get(node, set()):
+                continue
+            incoming = Message(_wire(message.content), metadata=copy.deepcopy(message.metadata))
+            try:
+                if kind in self.crash.get(node, set()):
+                    raise RuntimeError("the ClientApp process was killed")
+                reply = client_app(incoming, self.contexts[node])
+                reply = Message(_wire(reply.content), metadata=reply.metadata)
+            except Exception as err:  # noqa: BLE001 - what a SuperNode reports when its ClientApp raises
+                reply = Message(Error(code=2, reason=f"{type(err).__name__}: {err}"), reply_to=incoming)
+            self.replies.append(reply)
+            self._waiting[message.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._waiting.pop(i) for i in message_ids if i in self._waiting]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        self.timeouts.append(timeout)
+        assert timeout is not None and math.isfinite(timeout), "an unbounded wait would hang on a missing site"
+        messages = list(messages)
+        if self.interrupt_round is not None and any(
+                m.metadata.message_type == "train" and m.metadata.group_id == str(self.interrupt_round) for m in messages):
+            raise Interrupted(f"killed while sending round {self.interrupt_round}")
+        return self.pull_messages(self.push_messages(messages))
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True, scope="module")
+def server_identity():
+    """What the SuperLink sets in a ServerApp process before ``main`` runs (Message() reads it)."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> dict[str, Path]:
+    """The 3-site federation file (in-process reference) and one site config per hospital (Flower nodes)."""
+    full = write_federation("chest_xray", tmp_path_factory.mktemp("fed"), scale="small", seed=0)
+    config = {**yaml.safe_load(full.read_text()), "min_count": 2}  # some metrics visible, some suppressed
+    sources = {s["name"]: s for s in config["sources"]}
+    files = {"federation": full.parent / "three.yaml"}
+    files["federation"].write_text(yaml.safe_dump({**config, "sources": [sources[s] for s in SITES]}))
+    for site in SITES:
+        files[site] = full.parent / f"hospital_{site}.yaml"
+        files[site].write_text(yaml.safe_dump({**config, "name": f"hospital-{site}", "sources": [sources[site]]}))
+    yield files
+    flower_client.clear_caches()
+
+
+def write_experiment(path: Path, federation: Path, methods: list, **training) -> Path:
+    config = {
+        "name": "exp", "federation": str(federation), "seed": 7,
+        "task": {"kind": "classification", "labels": ["Pneumonia"], "batch_size": 4,
+                 "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}},
+        "training": {"rounds": 2, "local_epochs": 1, "eval_every": 1, **training},
+        "methods": methods,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def node_configs(federation: Mapping[str, Path], **extra: Any) -> dict[int, dict[str, Any]]:
+    return {node: {"site-config": str(federation[site]), "site-name": site, **extra} for node, site in NODES.items()}
+
+
+def settings(experiment: Path, out: Path, method: str, **run_config: Any) -> ServerSettings:
+    return ServerSettings.from_run_config({"experiment": str(experiment), "method": method, "out": str(out),
+                                           "sites": ",".join(SITES), "round-timeout": 30.0, "query-timeout": 5.0,
+                                           "connect-timeout": 5.0, **run_config})
+
+
+def assert_identical(a: Any, b: Any) -> None:
+    """Equal values, arrays bit for bit (dtype included)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for key in a:
+            assert_identical(a[key], b[key])
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    else:
+        assert a == b
+
+
+def rounds_log(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A round record less what depends on the machine's speed (wall-clock seconds)."""
+    record = {k: v for k, v in record.items() if k != "seconds"}
+    if "work" in record:
+        record["work"] = {s: {k: v for k, v in w.items() if k != "seconds"} for s, w in record["work"].items()}
+    return record
+
+
+@pytest.fixture(scope="module")
+def reference(federation, tmp_path_factory) -> Path:
+    """In-process: fedavg, fedprox, fedagain (client reliability), SCAFFOLD (server state in client hooks),
+    local-only (personalised start weights, one final model per site) and FedLD (margin control on the sites,
+    principal-gradient aggregation on the server); 2 rounds, evaluated every round."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config = write_experiment(tmp / "exp.yaml", federation["federation"], METHODS)
+    result = run_experiment(config, tmp / "out", progress=False)
+    assert not result.stopped and not result.failures
+    return result.out
+
+
+@pytest.fixture(scope="module")
+def flower_runs(federation, reference, tmp_path_factory):
+    """The same experiment over Flower, one run (one ``flwr run``) per method, into one run directory."""
+    out = tmp_path_factory.mktemp("flower")
+    experiment = write_experiment(out / "exp.yaml", federation["federation"], METHODS)
+    runs, grids = {}, {}
+    for method in LABELS:
+        grids[method] = FakeGrid(node_configs(federation))
+        runs[method] = run_flower_method(grids[method], settings(experiment, out / "out", method))
+    return runs, grids
+
+
+# ----------------------------------------------------------------------------- messages
+def test_weights_diagnostics_configs_and_tables_round_trip_exactly():
+    model = build_task(load_experiment_task()).build_model(3)
+    layout = layout_of(model)
+    weights = get_weights(model)
+    weights[:4] = [np.float32(1e-45), -0.0, np.float32(3.4028235e38), np.float32(np.pi)]  # denormal, -0, max
+    for record in (wire.weights_to_arrays(weights, layout), wire.weights_to_arrays(weights)):
+        back = wire.arrays_to_weights(_wire(RecordDict({"a": record}))["a"], layout)
+        assert back.dtype == np.float32 and back.tobytes() == weights.tobytes()
+    per_tensor = wire.weights_to_arrays(weights, layout)
+    assert list(per_tensor) == list(model.state_dict())  # Flower-style: one array per state_dict entry
+    with pytest.raises(ValueError, match="do not match"):
+        wire.arrays_to_weights(ArrayRecord({"x": per_tensor[layout.names[0]]}), layout)
+
+    diagnostics = {"loss": 0.6931471805599453, "steps": 3, "lr": 1e-3, "start_loss": float("nan"),
+                   "error": "ValueError: bad case", "stale": True, "norms": [1.5, 2.0], "counts": [1, 2],
+                   "sites": ["a", "b"], "skipped": None}
+    numbers, text = wire.diagnostics_to_records(diagnostics)
+    assert set(numbers) == {"loss", "steps", "lr", "start_loss", "norms", "counts"}  # numbers only
+    assert set(text) == {"error", "stale", "sites"}  # strings and flags
+    content = _wire(RecordDict({"m": numbers, "c": text}))
+    back = wire.diagnostics_from_records(content.metric_records["m"], content.config_records["c"])
+    assert math.isnan(back.pop("start_loss"))
+    assert back == {k: v for k, v in diagnostics.items() if k not in ("start_loss", "skipped")}
+    assert isinstance(back["steps"], int) and isinstance(back["loss"], float)
+    with pytest.raises(TypeError):
+        wire.diagnostics_to_records({"nested": {"a": 1}})
+
+    train = wire.TrainConfig(round=4, seed=2**40 + 3, site="adult-b", method="fedprox", strategy="fedprox",
+                             task={"kind": "classification", "labels": ["Pneumonia"]}, epochs=3, max_steps=5,
+                             start_loss=True, strategy_params={"proximal_mu": 0.1})
+    assert wire.TrainConfig.from_record(_wire(RecordDict({"c": train.to_record()}))["c"]) == train
+    assert train.train_seed == derive_seed(2**40 + 3, "train", 4, "adult-b")
+    evaluation = wire.EvalConfig(round=2, site="adult-a", method="local_only", task={"kind": "classification"},
+                                 models=("local:adult-a", "local:adult-b"), final=True)
+    assert wire.EvalConfig.from_record(_wire(RecordDict({"c": evaluation.to_record()}))["c"]) == evaluation
+
+    state = {"c": np.random.default_rng(0).normal(size=7), "c_sites": {"adult-a": np.ones(7, np.float32)}}
+    arrays = _wire(RecordDict({"s": wire.client_state_to_arrays("scaffold", state, "adult-a")}))["s"]
+    rebuilt = wire.client_state_from_arrays("scaffold", arrays, "adult-a")
+    assert rebuilt["c"].dtype == np.float64 and rebuilt["c"].tobytes() == state["c"].tobytes()
+    assert rebuilt["c_sites"]["adult-a"].tobytes() == state["c_sites"]["adult-a"].tobytes()
+    assert wire.client_state_to_arrays("fedavg", state, "adult-a") is None
+
+    records = pd.DataFrame({"case_id": ["c1", "c2", "c3"], "score": np.array([0.1, 1 / 3, np.nan], np.float32),
+                            "target": [0.0, 1.0, 1.0], "prediction": np.array([0, 1, 1], np.int64),
+                            "suppressed": [True, False, True], "threshold": [None, None, None],
+                            "n_cases": pd.Series([3, "<5", 7], dtype=object)})
+    records["case_id"] = records["case_id"].astype("str")
+    reply = _wire(wire.evaluate_reply_content("adult-a", wire.EVAL_RECORDS, [records, records.iloc[:0]]))
+    parsed = wire.parse_evaluate_reply(reply)
+    pd.testing.assert_frame_equal(parsed.tables[0], records)
+    assert parsed.tables[0].to_csv(index=False) == records.to_csv(index=False)
+    assert len(parsed.tables[1]) == 0 and list(parsed.tables[1].columns) == list(records.columns)
+
+
+def load_experiment_task():
+    from pydantic import TypeAdapter
+
+    from medfed.tasks import TaskConfig
+
+    return TypeAdapter(TaskConfig).validate_python(
+        {"kind": "classification", "labels": ["Pneumonia"], "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}})
+
+
+# ----------------------------------------------------------------------------- equivalence with in-process
+@pytest.mark.parametrize("method", LABELS)
+def test_flower_run_equals_the_in_process_run(flower_runs, reference, method):
+    runs, grids = flower_runs
+    run = runs[method]
+    assert run.stopped is None and run.result is not None
+    mine = load_checkpoint(run.out / "runs" / method / "checkpoints" / "last.pt")
+    theirs = load_checkpoint(reference / "runs" / method / "checkpoints" / "last.pt")
+    assert mine["round"] == theirs["round"] == 2 and mine["clients"] == theirs["clients"] == SITES
+    assert mine["global"].dtype == np.float32 and mine["global"].tobytes() == theirs["global"].tobytes()
+    assert_identical(mine["state"], theirs["state"])  # strategy state too (SCAFFOLD's c and c_i, local models)
+    expected = build_strategy(method).final_models(theirs["global"], theirs["state"])
+    assert list(run.result.models) == list(expected)  # local-only: one model per site
+    for name, weights in run.result.models.items():
+        assert weights.tobytes() == expected[name].tobytes()
+    # round records: same sampling, losses, example counts, work, aggregation and per-round evaluation
+    flower_log = [without_timing(r) for r in rounds_log(run.out / "runs" / method)]
+    assert flower_log == [without_timing(r) for r in rounds_log(reference / "runs" / method)]
+    assert [without_timing(r) for r in mine["log"]] == flower_log
+    # final report: per-case predictions of every site, as `medfed run` writes them
+    assert (run.out / "predictions" / f"{method}.csv").read_bytes() == \
+        (reference / "predictions" / f"{method}.csv").read_bytes()
+    # every wait was bounded (round timeout for train/evaluate, query timeout for "which site are you")
+    assert set(grids[method].timeouts) <= {30.0, 5.0} and 30.0 in grids[method].timeouts
+    train = [m for m in grids[method].sent if m.metadata.message_type == "train"]
+    assert {m.metadata.ttl for m in train} == {30.0}
+
+
+def test_report_files_equal_the_in_process_ones(flower_runs, reference):
+    runs, _ = flower_runs
+    out = runs["fedavg"].out
+    for name in ("metrics.csv", "summary.csv", "sites.csv", "sites.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert yaml.safe_load((out / "config.yaml").read_text()) == yaml.safe_load((reference / "config.yaml").read_text())
+
+
+def test_every_site_metric_is_kept(flower_runs):
+    runs, _ = flower_runs
+    run = runs["fedavg"]
+    for record in rounds_log(run.out / "runs" / "fedavg"):
+        assert set(record["train_loss"]) == set(record["num_examples"]) == set(record["work"]) == set(SITES)
+        assert set(record["eval"]) == {*SITES, "pooled"}
+    flower_metrics = run.flower.train_metrics_clientapp
+    for rnd in (1, 2):
+        assert {f"train-loss.{s}" for s in SITES} | {f"num-examples.{s}" for s in SITES} <= set(flower_metrics[rnd])
+    assert flower_metrics[1]["num-examples.adult-b"] == 6
+
+
+def test_fedagain_gets_the_client_diagnostics_through_metric_records(flower_runs):
+    runs, grids = flower_runs
+    train_replies = [r for r in grids["fedagain"].replies if r.metadata.message_type == "train"]
+    assert len(train_replies) == 2 * len(SITES)
+    start_losses = {}
+    for reply in train_replies:
+        diagnostics = reply.content.metric_records[wire.DIAGNOSTICS]
+        assert {"loss", "steps", "lr", "start_loss"} <= set(diagnostics)
+        start_losses[(reply.metadata.group_id, wire.reply_site(reply.content))] = diagnostics["start_loss"]
+    log = rounds_log(runs["fedagain"].out / "runs" / "fedagain")
+    for record in log:
+        errors = record["aggregation"]["reliability_error"]
+        assert errors == {s: round(start_losses[(str(record["round"]), s)], 6) for s in SITES}
+    # fedavg asks for no start loss (the site skips that extra pass over its data)
+    fedavg_replies = [r for r in grids["fedavg"].replies if r.metadata.message_type == "train"]
+    assert all("start_loss" not in r.content.metric_records[wire.DIAGNOSTICS] for r in fedavg_replies)
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_node_sampling_is_seeded_per_round(federation, tmp_path):
+    config = load_experiment(write_experiment(tmp_path / "exp.yaml", federation["federation"], ["fedavg"],
+                                              fraction_fit=0.5, rounds=8))
+
+    def sampled_sites(run_dir: Path) -> list[list[str]]:
+        task = build_task(config.task)
+        strategy = MedfedStrategy("fedavg", build_strategy("fedavg"), task, config.training, config.seed, run_dir,
+                                  task_spec=config.task.model_dump(mode="json"), clients=SITES)
+        grid = FakeGrid(node_configs(federation))
+        strategy.connect(grid, timeout=5.0)
+        strategy.begin()
+        rounds = []
+        for rnd in range(1, 9):
+            messages = list(strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
+            strategy._round = None  # no training needed: only who is asked
+            rounds.append([NODES[m.metadata.dst_node_id] for m in messages])
+            assert all(m.content.config_records["config"]["site"] == NODES[m.metadata.dst_node_id] for m in messages)
+        return rounds
+
+    first = sampled_sites(tmp_path / "a")
+    assert first == sampled_sites(tmp_path / "b")  # reproducible
+    assert first == [sample_sites(SITES, 0.5, 1, rng_for(7, "sample", r)) for r in range(1, 9)]  # medfed's rule
+    assert all(len(s) == 1 for s in first) and len({tuple(s) for s in first}) > 1  # differs across rounds
+
+
+# ----------------------------------------------------------------------------- faults
+@pytest.fixture()
+def fast_experiment(federation, tmp_path) -> Path:
+    return write_experiment(tmp_path / "fast.yaml", federation["federation"], ["fedavg"], rounds=1, eval_every=0,
+                            local_steps=1)
+
+
+def test_a_node_that_raises_is_recorded_in_failed_and_the_round_completes(federation, fast_experiment, tmp_path,
+                                                                          monkeypatch):
+    real = ClassificationTask.local_train
+
+    def failing_disk(self, model, dataset, **kwargs):
+        if len(dataset) == 6:  # adult-b's training set
+            raise RuntimeError("disk failed")
+        return real(self, model, dataset, **kwargs)
+
+    monkeypatch.setattr(ClassificationTask, "local_train", failing_disk)
+    grid = FakeGrid(node_configs(federation), crash={303: {"train"}})  # adult-c's ClientApp dies outright
+    run = run_flower_method(grid, settings(fast_experiment, tmp_path / "out", "fedavg", **{"final-eval": False}))
+    assert run.stopped is None
+    [record] = rounds_log(run.out / "runs" / "fedavg")
+    assert record["completed"] == ["adult-a"] and record["aggregation"]["clients"] == 1
+    assert record["failed"][0] == {"site": "adult-b", "error": "RuntimeError: disk failed"}
+    assert record["failed"][1]["site"] == "adult-c"
+    assert record["failed"][1]["error"].startswith("Flower error 2: RuntimeError: the ClientApp process was killed")
+    assert load_checkpoint(run.out / "runs" / "fedavg" / "checkpoints" / "last.pt")["round"] == 1
+
+
+def test_a_node_that_does_not_reply_is_dropped_and_too_few_updates_stop_the_run(federation, fast_experiment,
+                                                                                  tmp_path):
+    grid = FakeGrid(node_configs(federation), ignore={202: {"train"}})  # adult-b answers queries, never trains
+    run = run_flower_method(grid, settings(fast_experiment, tmp_path / "out", "fedavg",
+                                           **{"final-eval": False, "per-tensor": False}))
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert [list(m.content.array_records[wire.ARRAYS]) for m in train] == [[wire.WHOLE]] * 3  # one flat array
+    [record] = rounds_log(run.out / "runs" / "fedavg")
+    assert record["completed"] == ["adult-a", "adult-c"] and record["dropped"] == ["adult-b"]
+    assert record["failed"] == [{"site": "adult-b", "error": "no reply within 30 s (dropped)"}]
+    assert record["aggregation"]["num_examples"] == {"adult-a": 7, "adult-c": 5}
+
+    strict = write_experiment(tmp_path / "strict.yaml", federation["federation"], ["fedavg"], rounds=1,
+                              eval_every=0, local_steps=1, min_fit_clients=3)
+    grid = FakeGrid(node_configs(federation), ignore={202: {"train"}})
+    run = run_flower_method(grid, settings(strict, tmp_path / "strict", "fedavg"))
+    assert run.result is None and "only 2 of the 3 sampled site(s) returned an update (3 needed)" in run.stopped
+    assert rounds_log(run.out / "runs" / "fedavg")[-1]["status"] == "stopped"
+
+
+def test_a_site_without_a_node_is_unavailable_not_a_failure(federation, fast_experiment, tmp_path):
+    configs = node_configs(federation)
+    del configs[303]  # adult-c's SuperNode never connects
+    grid = FakeGrid(configs)
+    run = run_flower_method(grid, settings(fast_experiment, tmp_path / "out", "fedavg",
+                                           **{"final-eval": False, "connect-timeout": 0.1}))
+    [record] = rounds_log(run.out / "runs" / "fedavg")
+    assert record["available"] == ["adult-a", "adult-b"] and record["unreachable"] == ["adult-c"]
+    assert record["failed"] == [] and record["completed"] == ["adult-a", "adult-b"]
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_from_the_round_1_checkpoint_gives_the_same_round_2(federation, flower_runs, reference, tmp_path):
+    experiment = write_experiment(tmp_path / "exp.yaml", federation["federation"], METHODS)
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted):
+        run_flower_method(FakeGrid(node_configs(federation), interrupt_round=2), settings(experiment, out, "fedavg"))
+    assert [r["round"] for r in rounds_log(out / "exp" / "runs" / "fedavg")] == [1]
+    grid = FakeGrid(node_configs(federation))
+    run = run_flower_method(grid, settings(experiment, out, "fedavg", resume=True))
+    assert run.result.resumed_from == 1
+    assert [m.metadata.group_id for m in grid.sent if m.metadata.message_type == "train"] == ["2"] * 3  # round 2 only
+    final = load_checkpoint(out / "exp" / "runs" / "fedavg" / "checkpoints" / "last.pt")["global"]
+    uninterrupted = load_checkpoint(reference / "runs" / "fedavg" / "checkpoints" / "last.pt")["global"]
+    assert final.tobytes() == uninterrupted.tobytes()
+    assert [without_timing(r) for r in rounds_log(out / "exp" / "runs" / "fedavg")] == \
+        [without_timing(r) for r in rounds_log(reference / "runs" / "fedavg")]
+    assert (out / "exp" / "predictions" / "fedavg.csv").read_bytes() == \
+        (reference / "predictions" / "fedavg.csv").read_bytes()
+
+
+# ----------------------------------------------------------------------------- the Flower App
+def test_the_app_project_runs_through_flowers_own_config_parsing_and_server_app(federation, fast_experiment, tmp_path):
+    """pyproject.toml is a valid Flower App whose run config is the ServerApp's; `flwr run --run-config` and
+    `flower-supernode --node-config` strings (parsed by Flower's own parser) drive the ServerApp object."""
+    from flwr.common.config import (
+        get_fused_config_from_dir,
+        get_project_config,
+        parse_config_args,
+        validate_config,
+    )
+
+    from medfed.integrations.flower.app import server_app
+    from medfed.integrations.flower.server import RUN_CONFIG
+
+    project = get_project_config(APP_DIR)
+    assert validate_config(project, check_module=True, project_dir=APP_DIR)[0]
+    assert set(project["tool"]["flwr"]["app"]["config"]) == set(RUN_CONFIG)
+    command_line = (f'experiment="{fast_experiment}" method="fedavg" out="{tmp_path / "out"}" '
+                    f'sites="{",".join(SITES)}" round-timeout=30.0 final-eval=false')
+    overrides = parse_config_args([command_line])
+    run_config = get_fused_config_from_dir(APP_DIR, overrides)
+    nodes = {node: parse_config_args([f"site-config='{federation[site]}' site-name='{site}'"])
+             for node, site in NODES.items()}
+    grid = FakeGrid(nodes)
+    server_app(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    [record] = rounds_log(tmp_path / "out" / "exp" / "runs" / "fedavg")
+    assert record["completed"] == SITES and set(grid.timeouts) == {30.0, 60.0}  # round and (default) query waits
+
+
+# ----------------------------------------------------------------------------- refusals and metrics-only sites
+def test_what_cannot_run_over_flower_is_refused_before_any_round(federation, tmp_path):
+    from medfed.errors import ConfigError
+
+    pooled = write_experiment(tmp_path / "c.yaml", federation["federation"], ["centralised"])
+    with pytest.raises(ConfigError, match="pools"):
+        run_flower_method(FakeGrid(node_configs(federation)), settings(pooled, tmp_path / "o", "centralised"))
+    server = write_experiment(tmp_path / "s.yaml", federation["federation"], ["fedagain"])
+    with pytest.raises(ConfigError, match="reliability: client"):
+        run_flower_method(FakeGrid(node_configs(federation)), settings(server, tmp_path / "o", "fedagain"))
+    with pytest.raises(ConfigError, match="experiment"):
+        ServerSettings.from_run_config({"method": "fedavg"})
+    with pytest.raises(ConfigError, match="round-timeout"):
+        ServerSettings.from_run_config({"experiment": "x.yaml", "round-timeout": 0})
+
+
+def test_sites_that_keep_their_case_records_send_only_suppressed_metrics(federation, fast_experiment, tmp_path):
+    shared = run_flower_method(FakeGrid(node_configs(federation)), settings(fast_experiment, tmp_path / "a", "fedavg"))
+    grid = FakeGrid(node_configs(federation, **{"share-case-records": False}))
+    run = run_flower_method(grid, settings(fast_experiment, tmp_path / "b", "fedavg"))
+    evaluate = [r for r in grid.replies if r.metadata.message_type == "evaluate"]
+    assert evaluate and all(r.content.config_records[wire.STATUS]["kind"] == wire.EVAL_METRICS for r in evaluate)
+    assert all("case_id" not in r.content.config_records["eval.0.text"] for r in evaluate)
+    metrics = run.metrics
+    assert set(metrics["site"]) == set(SITES)  # no pooled row: it would need every case
+    suppressed = metrics["suppressed"].astype(bool)
+    assert suppressed.any() and (~suppressed).any() and metrics.loc[suppressed, "value"].isna().all()
+    assert set(metrics.loc[suppressed, "n_cases"]) == {"<2"}  # counts under the site's min_count never leave it
+    # the site computed exactly the rows the server computes from shared records
+    per_site = shared.metrics[shared.metrics["site"] != "pooled"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(metrics.reset_index(drop=True), per_site, check_dtype=False)
+    assert not (run.out / "predictions" / "fedavg.csv").exists()
+    assert (run.out / "summary.csv").read_text().splitlines()[:4] == (shared.out / "summary.csv").read_text().splitlines()[:4]
