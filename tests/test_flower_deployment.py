@@ -1,0 +1,108 @@
+"""medfed's Flower App on a real Flower deployment: a SuperLink and three SuperNodes (one synthetic hospital
+each) as subprocesses on 127.0.0.1, driven by `flwr run`; compared with the in-process engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from medfed.fl.checkpoint import load_checkpoint
+from medfed.fl.experiment import run_experiment
+from medfed.integrations.flower.local_cluster import LocalCluster, flower_cli_available
+from medfed.synth import write_federation
+
+APP = Path(__file__).resolve().parents[1] / "medfed" / "integrations" / "flower"
+SITES = ("adult-a", "adult-b", "adult-c")
+_CLI_OK, _CLI_REASON = flower_cli_available()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI missing")]
+
+
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory) -> dict[str, Path]:
+    """The three-site federation (in-process reference) and one site config per hospital (SuperNodes)."""
+    full = write_federation("chest_xray", tmp_path_factory.mktemp("fed"), scale="small", seed=0)
+    config = {**yaml.safe_load(full.read_text()), "min_count": 2}
+    sources = {s["name"]: s for s in config["sources"]}
+    files = {"federation": full.parent / "three.yaml"}
+    files["federation"].write_text(yaml.safe_dump({**config, "sources": [sources[s] for s in SITES]}))
+    for site in SITES:
+        files[site] = full.parent / f"hospital_{site}.yaml"
+        files[site].write_text(yaml.safe_dump({**config, "name": f"hospital-{site}", "sources": [sources[site]]}))
+    return files
+
+
+def experiment(path: Path, federation: Path, rounds: int = 2) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "exp", "federation": str(federation), "seed": 7,
+        "task": {"kind": "classification", "labels": ["Pneumonia"], "batch_size": 4,
+                 "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}},
+        "training": {"rounds": rounds, "local_epochs": 1, "eval_every": 1}, "methods": ["fedavg"]}))
+    return path
+
+
+def nodes(hospitals: dict[str, Path]) -> list[dict[str, str]]:
+    return [{"site-config": str(hospitals[s]), "site-name": s} for s in SITES]
+
+
+def rounds_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_two_fedavg_rounds_on_flower_equal_the_in_process_engine(hospitals, tmp_path):
+    config = experiment(tmp_path / "exp.yaml", hospitals["federation"])
+    reference = run_experiment(config, tmp_path / "inprocess", progress=False).out
+    out = tmp_path / "flower"
+    with LocalCluster(nodes(hospitals), log_dir=tmp_path / "logs") as cluster:
+        result = cluster.run_app(APP, {"experiment": str(config), "method": "fedavg", "out": str(out),
+                                       "sites": ",".join(SITES), "round-timeout": 120.0}, timeout=420)
+        assert result.ok, result.output[-3000:]
+    assert cluster.processes_alive() == []
+    flower_run, local_run = out / "exp" / "runs" / "fedavg", reference / "runs" / "fedavg"
+    a, b = load_checkpoint(flower_run / "checkpoints" / "last.pt"), load_checkpoint(local_run / "checkpoints" / "last.pt")
+    assert np.asarray(a["global"]).tobytes() == np.asarray(b["global"]).tobytes()  # exact, bit for bit
+    for got, want in zip(rounds_log(flower_run), rounds_log(local_run), strict=True):
+        assert got["completed"] == want["completed"] == list(SITES)
+        assert got["train_loss"] == want["train_loss"] and got["eval"] == want["eval"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "exp" / "metrics.csv"), pd.read_csv(reference / "metrics.csv"))
+
+
+def test_a_supernode_killed_during_a_round_is_recorded_and_the_round_completes(hospitals, tmp_path):
+    config = experiment(tmp_path / "exp.yaml", hospitals["federation"], rounds=2)
+    out = tmp_path / "flower"
+    run_dir = out / "exp" / "runs" / "fedavg"
+    with LocalCluster(nodes(hospitals), log_dir=tmp_path / "logs") as cluster:
+        outcome: dict = {}
+
+        def run() -> None:
+            outcome["result"] = cluster.run_app(
+                APP, {"experiment": str(config), "method": "fedavg", "out": str(out), "sites": ",".join(SITES),
+                      "round-timeout": 45.0, "query-timeout": 20.0}, timeout=420, check=False)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (run_dir / "rounds.jsonl").is_file():
+            time.sleep(0.5)  # the ServerApp has mapped the nodes to sites and started round 1
+        while time.monotonic() < deadline and not rounds_log(run_dir):
+            if "train" in cluster.supernodes[2].log_text().lower():
+                break
+            time.sleep(0.2)
+        cluster.kill_node(2)  # a crash of hospital adult-c's SuperNode during round 1 (or 2)
+        thread.join(timeout=450)
+        assert not thread.is_alive()
+        assert outcome["result"].ok, outcome["result"].output[-3000:]
+    log = rounds_log(run_dir)
+    assert len(log) == 2
+    hit = [r for r in log if "adult-c" not in r["completed"]]
+    assert hit, log
+    for record in hit:  # the others finished the round; the dropout is recorded
+        assert record["completed"] == ["adult-a", "adult-b"]
+        lost = {f["site"] for f in record["failed"]} | set(record.get("unreachable", []))
+        assert "adult-c" in lost
