@@ -127,10 +127,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if modality is not None:
             print(f"{config}: demo federation {modality!r} under {data_dir / args.scale} (generated when missing)")
             demo = ensure_demo(data_dir, scale=args.scale, seed=args.seed, modalities=(modality,))
-        result = run_experiment(
-            config, out_root, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
-            overrides={"rounds": args.rounds} if args.rounds else None, validate=True,
-        )
+        if args.engine == "inprocess":
+            result = run_experiment(
+                config, out_root, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
+                overrides={"rounds": args.rounds} if args.rounds else None, validate=True,
+            )
+        else:  # the same experiment on Flower: SuperLink + one SuperNode per site on this machine, or simulation
+            from medfed.integrations.flower.engine import run_experiment_on_flower
+
+            result = run_experiment_on_flower(config, out_root, args.engine, demo_configs=demo, rounds=args.rounds,
+                                              resume=args.resume, progress=not args.no_progress)
         print(f"\n== {result.name}: {result.primary_metric} on each site's test split "
               f"(own model for local_only; n<k: too few cases to show) ==")
         print(result.summary.to_string())
@@ -367,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="reports", help="output folder; each experiment writes <out>/<name>/")
     run.add_argument("--resume", action="store_true", help="continue killed runs from their last finished round")
     run.add_argument("--rounds", type=int, help="override training.rounds (e.g. 1 for a smoke test)")
+    run.add_argument("--engine", choices=("inprocess", "flower", "flower-sim"), default="inprocess",
+                     help="inprocess (default); flower: a Flower SuperLink and one SuperNode per site on this "
+                          "machine (loopback); flower-sim: Flower's Simulation Engine (Ray; medfed[flower-sim])")
     run.add_argument("--no-progress", action="store_true")
     _add_report_options(run)
     run.set_defaults(func=cmd_run)
