@@ -13,6 +13,11 @@ A SuperNode names its data in its own node config (``flower-supernode --node-con
     metric values, already suppressed under its ``min_count`` (the server then reports no pooled metric
     and writes no predictions file).
 
+Under Flower's Simulation Engine a virtual node's config has only ``partition-id`` and ``num-partitions``; with
+no ``site-config``, node ``partition-id`` is site number ``partition-id`` of the run's ``sites`` (run config;
+else the order of the experiment's federation), read from the federation of the experiment named by the run
+config's ``experiment`` (:func:`site_node_config`), so each simulated node owns exactly one site.
+
 Everything else comes from the server in each message (:mod:`medfed.integrations.flower.messages`): the task
 config, the strategy and its hyper-parameters (for client-side hooks: FedProx's proximal term, FedLD's margin
 control, SCAFFOLD's gradient correction), the round, seed and local budget, and the start weights.
@@ -28,6 +33,7 @@ import copy
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +46,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medfed.errors import ConfigError, DataProblems
+from medfed.fl.config import federation_path, load_experiment
 from medfed.fl.evaluation import EvalDatasets, evaluate_on_site, metric_table
 from medfed.fl.names import POOLED
 from medfed.fl.strategies import build_strategy
 from medfed.fl.weights import WeightLayout, get_weights, layout_of, set_weights
 from medfed.integrations.flower import messages as wire
 from medfed.sites.base import Site
-from medfed.sites.federation import load_federation
+from medfed.sites.federation import Federation, load_federation
 from medfed.tasks import TaskConfig, build_task
 from medfed.tasks.base import Task
 from medfed.tasks.finetune import apply_policy
@@ -54,6 +61,8 @@ from medfed.tasks.finetune import apply_policy
 SITE_CONFIG = "site-config"
 SITE_NAME = "site-name"
 SHARE_RECORDS = "share-case-records"
+PARTITION_ID = "partition-id"      # Flower simulation: the virtual node's index
+NUM_PARTITIONS = "num-partitions"  # Flower simulation: how many virtual nodes
 
 _TASK_CONFIG: TypeAdapter = TypeAdapter(TaskConfig)
 _LOCK = threading.Lock()
@@ -73,6 +82,15 @@ def _reason(err: BaseException) -> str:
 
 # ----------------------------------------------------------------------------- the node's site
 _SITES: dict[tuple[str, str], Site] = {}
+_FEDERATIONS: dict[str, Federation] = {}
+_SIM_FEDERATIONS: dict[str, str] = {}  # experiment file -> its federation file (simulated nodes)
+
+
+def _federation(path: str) -> Federation:
+    """The federation at ``path`` (absolute), loaded once per process; call with ``_LOCK`` held."""
+    if path not in _FEDERATIONS:
+        _FEDERATIONS[path] = load_federation(path)
+    return _FEDERATIONS[path]
 
 
 def node_site(node_config: dict[str, Any]) -> Site:
@@ -86,7 +104,7 @@ def node_site(node_config: dict[str, Any]) -> Site:
     key = (path, wanted)
     with _LOCK:
         if key not in _SITES:
-            federation = load_federation(path)
+            federation = _federation(path)
             if wanted:
                 site = federation[wanted]
             elif len(federation) == 1:
@@ -96,6 +114,40 @@ def node_site(node_config: dict[str, Any]) -> Site:
                                   f"name this node's one with --node-config \"{SITE_NAME}='...'\"")
             _SITES[key] = site
         return _SITES[key]
+
+
+def simulated_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> dict[str, str]:
+    """``site-config`` and ``site-name`` of a simulated node: site ``partition-id`` of the run's ``sites`` (else
+    of the federation's site order), in the federation of the run config's ``experiment``."""
+    pid = int(node_config[PARTITION_ID])
+    experiment = str(run_config.get("experiment") or "").strip()
+    if not experiment:
+        raise ConfigError(f"simulated node {pid}: the run config names no `experiment`, so this node (which has no "
+                          f"`{SITE_CONFIG}`) cannot tell its site")
+    path = Path(experiment).expanduser().resolve()
+    with _LOCK:
+        fed_file = _SIM_FEDERATIONS.get(str(path))
+    if fed_file is None:  # read once per process (every message asks)
+        fed_file = str(Path(federation_path(load_experiment(path), path.parent, None)).resolve())
+        with _LOCK:
+            _SIM_FEDERATIONS[str(path)] = fed_file
+    sites = [s.strip() for s in str(run_config.get("sites") or "").split(",") if s.strip()]
+    if not sites:
+        with _LOCK:
+            sites = _federation(fed_file).site_names
+    if not 0 <= pid < len(sites):
+        raise ConfigError(f"simulated node {PARTITION_ID}={pid} (of {node_config.get(NUM_PARTITIONS, '?')}): the run "
+                          f"has {len(sites)} site(s) ({', '.join(sites)}); set num-supernodes = {len(sites)}")
+    return {SITE_CONFIG: fed_file, SITE_NAME: sites[pid]}
+
+
+def site_node_config(context: Context) -> dict[str, Any]:
+    """The node config naming this node's site: its own, or for a simulated node without ``site-config`` (one
+    with ``partition-id``) the one :func:`simulated_site` derives from the run config."""
+    node_config = dict(context.node_config)
+    if node_config.get(SITE_CONFIG) or PARTITION_ID not in node_config:
+        return node_config
+    return {**node_config, **simulated_site(node_config, context.run_config)}
 
 
 @dataclass
@@ -146,6 +198,8 @@ def clear_caches() -> None:
     """Forget loaded sites and tasks (tests; a node whose data changed)."""
     with _LOCK:
         _SITES.clear()
+        _FEDERATIONS.clear()
+        _SIM_FEDERATIONS.clear()
         _RUNTIMES.clear()
 
 
@@ -154,7 +208,7 @@ def handle_query(message: Message, context: Context) -> Message:
     """Tell the server which site this node is (its name, ``min_count`` and suppressed case counts)."""
     name = str(context.node_config.get(SITE_NAME) or "")
     try:
-        site = node_site(context.node_config)
+        site = node_site(site_node_config(context))
         name = site.name
         content = wire.site_reply_content(site.name, site.min_count, site.summary())
     except Exception as err:  # noqa: BLE001 - reported to the server, the node stays up
@@ -193,7 +247,7 @@ def handle_train(message: Message, context: Context) -> Message:
     name = str(context.node_config.get(SITE_NAME) or "")
     try:
         config, arrays, state_arrays = wire.parse_train_content(message.content)
-        rt = runtime(context.node_config, config.task)
+        rt = runtime(site_node_config(context), config.task)
         name = rt.site.name
         if config.site != name:
             raise ConfigError(f"the server sent site {config.site!r}'s instructions to this node, which is site {name!r}")
@@ -224,7 +278,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     name = str(context.node_config.get(SITE_NAME) or "")
     try:
         config, arrays = wire.parse_evaluate_content(message.content)
-        rt = runtime(context.node_config, config.task)
+        rt = runtime(site_node_config(context), config.task)
         name = rt.site.name
         if config.site != name:
             raise ConfigError(f"the server sent site {config.site!r}'s evaluation to this node, which is site {name!r}")

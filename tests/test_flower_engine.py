@@ -1,0 +1,235 @@
+"""``run_experiment_on_flower``: an experiment config trained over Flower on this machine, compared with the
+in-process engine; and a simulated node (Flower's Simulation Engine) taking its site from the run config."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+pytest.importorskip("flwr.app")
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from medfed.errors import ConfigError
+from medfed.fl.checkpoint import load_checkpoint
+from medfed.fl.config import federation_path, load_experiment
+from medfed.fl.experiment import run_experiment
+from medfed.integrations.flower import client as flower_client
+from medfed.integrations.flower import messages as wire
+from medfed.integrations.flower.engine import (
+    run_experiment_on_flower,
+    write_resolved_experiment,
+    write_site_configs,
+)
+from medfed.integrations.flower.local_cluster import flower_cli_available
+from medfed.sites.federation import load_federation
+from medfed.synth import write_federation
+
+SITES = ("adult-a", "adult-b", "adult-c")
+_CLI_OK, _CLI_REASON = flower_cli_available()
+needs_cli = pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI missing")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Path:
+    """The three table sites of the small synthetic chest X-ray federation (paths relative to the file)."""
+    full = write_federation("chest_xray", tmp_path_factory.mktemp("fed"), scale="small", seed=0)
+    config = {**yaml.safe_load(full.read_text()), "min_count": 2}
+    sources = {s["name"]: s for s in config["sources"]}
+    path = full.parent / "three.yaml"
+    path.write_text(yaml.safe_dump({**config, "sources": [sources[s] for s in SITES]}))
+    return path
+
+
+def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | None = None, **extra) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "exp", "federation": str(federation), "seed": 7,
+        "task": {"kind": "classification", "labels": ["Pneumonia"], "batch_size": 4,
+                 "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}},
+        "training": {"rounds": rounds, "local_epochs": 1, "eval_every": 1}, "methods": methods or ["fedavg"],
+        **extra}))
+    return path
+
+
+def flower_processes() -> list[str]:
+    """Flower processes (SuperLink, SuperNodes, SuperExec, apps, Ray) still running below this test."""
+    names = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if any(word in line for word in ("flower-", "flwr", "ray")):
+            names.append(line)
+    return names
+
+
+# ----------------------------------------------------------------------------- refusals (no processes)
+@pytest.mark.parametrize(("extra", "methods", "expected"), [
+    ({"partition": {"method": "iid", "n_sites": 2}}, None, ["partition:"]),
+    ({"site_conditions": {"adult-a": {"adversary": {"kind": "scaled"}}}}, None, ["site_conditions:"]),
+    ({"server_benchmark": {"cases": 4}}, None, ["server_benchmark:"]),
+    ({}, ["fedavg", "centralised", "cyclic"], ["methods: centralised:", "methods: cyclic:"]),
+    ({"partition": {"method": "iid", "n_sites": 2}}, ["centralised"], ["partition:", "methods: centralised:"]),
+])
+@pytest.mark.parametrize("engine", ["flower", "flower-sim"])
+def test_what_flower_cannot_run_is_refused_before_any_output(federation, tmp_path, extra, methods, expected, engine):
+    if engine == "flower-sim" and importlib.util.find_spec("ray") is None:
+        pytest.skip("flwr[simulation] (Ray) is not installed")
+    config = experiment(tmp_path / "exp.yaml", federation, methods=methods, **extra)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as err:
+        run_experiment_on_flower(config, out, engine, progress=False, timeout=60)
+    message = str(err.value)
+    for part in expected:  # every reason at once, each naming the config file
+        assert f"{config}: {part}" in message, message
+    assert not out.exists()  # nothing written, nothing started
+    assert flower_processes() == []
+
+
+def test_a_demo_federation_that_was_not_generated_is_refused_before_any_output(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "exp", "federation": "demo:chest_xray", "task": {"kind": "classification", "labels": ["Pneumonia"]},
+        "methods": ["fedavg"]}))
+    with pytest.raises(ConfigError, match="no demo federation"):
+        run_experiment_on_flower(config, tmp_path / "out", "flower", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_engine_is_refused(federation, tmp_path):
+    with pytest.raises(ConfigError, match="engine 'ray'"):
+        run_experiment_on_flower(experiment(tmp_path / "exp.yaml", federation), tmp_path / "out", "ray")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- per-site configs (no processes)
+def test_each_site_config_holds_exactly_its_site_with_the_same_cases(federation, tmp_path):
+    full = load_federation(federation)
+    files = write_site_configs(federation, full, tmp_path / "elsewhere" / "sites")  # another folder: paths absolute
+    assert list(files) == list(SITES)
+    for name, path in files.items():
+        data = yaml.safe_load(path.read_text())
+        assert [s["name"] for s in data["sources"]] == [name]
+        assert Path(data["sources"][0]["root"]).is_absolute()
+        one = load_federation(path)
+        assert one.site_names == [name] and one.name == full.name and one[name].min_count == 2
+        pd.testing.assert_frame_equal(one[name].cases, full[name].cases)  # same ids, labels and splits
+
+
+def test_a_demo_experiment_is_written_with_its_federation_resolved(federation, tmp_path):
+    source = tmp_path / "tasks" / "demo.yaml"
+    source.parent.mkdir()
+    source.write_text(yaml.safe_dump({
+        "name": "demo", "federation": "demo:chest_xray", "task": {"kind": "classification", "labels": ["Pneumonia"]},
+        "methods": [{"strategy": "fedavg", "init": "weights/start.pt"}]}))
+    target = write_resolved_experiment(source, federation, tmp_path / "run" / "flower" / "experiment.yaml")
+    config = load_experiment(target)
+    assert config.name == "demo" and federation_path(config, target.parent, None) == federation.resolve()
+    assert config.methods[0].init == {"path": str(source.parent / "weights" / "start.pt")}  # still the original file
+
+
+# ----------------------------------------------------------------------------- simulated node (fake context)
+@pytest.fixture
+def server_identity():
+    """What the SuperLink sets in a ServerApp process before ``main`` runs (Message() reads it)."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def query(node_config: dict, run_config: dict) -> wire.SiteReply:
+    context = Context(run_id=1, node_id=11, node_config=node_config, state=RecordDict(), run_config=run_config)
+    reply = flower_client.handle_query(Message(wire.query_content(), 11, MessageType.QUERY), context)
+    return wire.parse_site_reply(reply.content)
+
+
+def test_a_simulated_node_owns_the_site_its_partition_id_names(federation, tmp_path, server_identity):
+    flower_client.clear_caches()
+    config = experiment(tmp_path / "exp.yaml", federation)
+    run = {"experiment": str(config), "sites": ",".join(SITES)}
+    for pid, site in enumerate(SITES):
+        node = {"partition-id": pid, "num-partitions": 3}
+        context = Context(run_id=1, node_id=11, node_config=node, state=RecordDict(), run_config=run)
+        assert flower_client.site_node_config(context) == {
+            **node, "site-config": str(federation.resolve()), "site-name": site}
+        info = query(node, run)
+        assert info.error is None and info.name == site and info.min_count == 2
+    # partition-id indexes the run's `sites`, in its order; without them the federation's site order
+    assert query({"partition-id": 0, "num-partitions": 3}, {**run, "sites": "adult-c,adult-a,adult-b"}).name == "adult-c"
+    assert query({"partition-id": 2, "num-partitions": 3}, {**run, "sites": ""}).name == "adult-c"
+    # a node beyond the run's sites answers with an error naming the cause (it is not used), never crashes
+    info = query({"partition-id": 3, "num-partitions": 4}, run)
+    assert info.error is not None and "num-supernodes = 3" in info.error
+    info = query({"partition-id": 0, "num-partitions": 3}, {"sites": ",".join(SITES)})
+    assert info.error is not None and "experiment" in info.error
+    # a node with its own site config keeps it (a deployment SuperNode), partition-id or not
+    own = {"site-config": str(federation), "site-name": "adult-b", "partition-id": 0}
+    context = Context(run_id=1, node_id=11, node_config=own, state=RecordDict(), run_config=run)
+    assert flower_client.site_node_config(context) == own
+    assert query(own, run).name == "adult-b"
+    flower_client.clear_caches()
+
+
+# ----------------------------------------------------------------------------- end to end (processes)
+def same_as_in_process(flower_out: Path, reference: Path) -> None:
+    flower_run, local_run = flower_out / "runs" / "fedavg", reference / "runs" / "fedavg"
+    a, b = load_checkpoint(flower_run / "checkpoints" / "last.pt"), load_checkpoint(local_run / "checkpoints" / "last.pt")
+    assert np.asarray(a["global"]).tobytes() == np.asarray(b["global"]).tobytes()  # bit for bit
+    pd.testing.assert_frame_equal(pd.read_csv(flower_out / "metrics.csv"), pd.read_csv(reference / "metrics.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(flower_out / "summary.csv"), pd.read_csv(reference / "summary.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(flower_out / "predictions" / "fedavg.csv"),
+                                  pd.read_csv(reference / "predictions" / "fedavg.csv"))
+
+
+@pytest.mark.slow
+@needs_cli
+def test_flower_deployment_engine_equals_the_in_process_engine(federation, tmp_path):
+    config = experiment(tmp_path / "exp.yaml", federation, rounds=2)
+    reference = run_experiment(config, tmp_path / "inprocess", progress=False, overrides={"rounds": 1})
+    began = time.monotonic()
+    result = run_experiment_on_flower(config, tmp_path / "flower", "flower", rounds=1, progress=False, timeout=300)
+    print(f"flower engine: {time.monotonic() - began:.1f} s")
+    assert flower_processes() == []  # SuperLink, SuperNodes and everything they started are gone
+    out = tmp_path / "flower" / "exp"
+    assert result.out == out and result.name == "exp" and result.primary_metric == reference.primary_metric
+    assert result.stopped == {} and result.failures == []
+    same_as_in_process(out, reference.out)
+    pd.testing.assert_frame_equal(result.summary, reference.summary)
+    assert len(result.metrics) == len(reference.metrics)
+    assert sorted(p.name for p in (out / "flower" / "sites").iterdir()) == [f"{s}.yaml" for s in SITES]
+    logs = {p.name for p in (out / "flower" / "logs").iterdir()}
+    assert {"superlink.log", "supernode-0.log", "supernode-2.log"} <= logs
+    assert any(name.startswith("flwr-run-") for name in logs)
+    assert yaml.safe_load((out / "config.yaml").read_text())["training"]["rounds"] == 1
+
+
+@pytest.mark.slow
+@needs_cli
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="flwr[simulation] (Ray) is not installed")
+@pytest.mark.skipif(
+    os.environ.get("MEDFED_FLOWER_RAY") != "1",
+    reason="Ray (Flower Simulation Engine) binds its servers to all interfaces, not loopback only; "
+    "opt in with MEDFED_FLOWER_RAY=1",
+)
+def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_path):
+    config = experiment(tmp_path / "exp.yaml", federation, rounds=1)
+    reference = run_experiment(config, tmp_path / "inprocess", progress=False)
+    began = time.monotonic()
+    result = run_experiment_on_flower(config, tmp_path / "sim", "flower-sim", progress=False, timeout=400)
+    print(f"flower-sim engine: {time.monotonic() - began:.1f} s")
+    assert flower_processes() == []
+    assert result.stopped == {} and result.failures == []
+    out = tmp_path / "sim" / "exp"
+    same_as_in_process(out, reference.out)
+    assert not (out / "flower" / "sites").exists()  # virtual nodes read the experiment's federation
