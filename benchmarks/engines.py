@@ -37,6 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]  # this checkout's medfed, in the children too (PYTHONPATH)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 SITES = ("adult-a", "adult-b", "adult-c")
 ENGINES = ("inprocess", "flower", "flower-sim")
 SAMPLE_SECONDS = 0.2
@@ -125,7 +129,8 @@ class TreeSampler:
 def measure(engine: str, experiment: Path, out: Path) -> dict:
     report = out.parent / f"{engine}.json"
     report.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    path = [str(REPO), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
     log = out.parent / f"{engine}.log"
     with open(log, "wb") as handle:
         proc = subprocess.Popen([sys.executable, __file__, "--child", engine, "--experiment", str(experiment),

@@ -26,7 +26,9 @@ from medfed.fl.experiment import run_experiment
 from medfed.integrations.flower import client as flower_client
 from medfed.integrations.flower import messages as wire
 from medfed.integrations.flower.engine import (
+    fresh_log_dir,
     run_experiment_on_flower,
+    same_medfed_env,
     write_resolved_experiment,
     write_site_configs,
 )
@@ -138,6 +140,27 @@ def test_a_demo_experiment_is_written_with_its_federation_resolved(federation, t
     assert config.methods[0].init == {"path": str(source.parent / "weights" / "start.pt")}  # still the original file
 
 
+def test_each_invocation_logs_into_an_empty_folder(tmp_path):
+    flower = tmp_path / "flower"
+    assert fresh_log_dir(flower) == flower / "logs" and not any((flower / "logs").iterdir())
+    (flower / "logs" / "supernode-0.log").write_text("SuperNode ID: 1\n")  # LocalCluster appends, reads ids back
+    logs = fresh_log_dir(flower)
+    assert not any(logs.iterdir())
+    (moved,) = [p for p in flower.iterdir() if p.name.startswith("logs-")]
+    assert (moved / "supernode-0.log").read_text() == "SuperNode ID: 1\n"
+    (logs / "superlink.log").write_text("again")
+    fresh_log_dir(flower)
+    assert len([p for p in flower.iterdir() if p.name.startswith("logs-")]) == 2
+
+
+def test_the_cluster_processes_import_this_medfed(monkeypatch):
+    import medfed
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", str(Path(medfed.__file__).resolve().parents[1])]))
+    assert same_medfed_env()["PYTHONPATH"].split(os.pathsep) == [str(Path(medfed.__file__).resolve().parents[1]),
+                                                                 "/elsewhere"]
+
+
 # ----------------------------------------------------------------------------- simulated node (fake context)
 @pytest.fixture
 def server_identity():
@@ -233,3 +256,8 @@ def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_p
     out = tmp_path / "sim" / "exp"
     same_as_in_process(out, reference.out)
     assert not (out / "flower" / "sites").exists()  # virtual nodes read the experiment's federation
+    # resumed: nothing left to train, the final models are evaluated again, the same files come out
+    result = run_experiment_on_flower(config, tmp_path / "sim", "flower-sim", resume=True, progress=False, timeout=400)
+    assert result.stopped == {} and flower_processes() == []
+    same_as_in_process(out, reference.out)
+    assert [p.name.startswith("logs-") for p in (out / "flower").iterdir()].count(True) == 1

@@ -17,7 +17,8 @@ all into the same run directory ``<out>/<experiment name>/``), and returns the s
     only for a demo federation (``federation: demo:<modality>``): the experiment with the federation replaced
     by the resolved file (the ServerApp and simulated nodes cannot resolve demo names).
 ``flower/logs/``
-    the SuperLink's, the SuperNodes' and each ``flwr run``'s output.
+    the SuperLink's, the SuperNodes' and each ``flwr run``'s output (a resumed run's earlier logs move to
+    ``flower/logs-<time>/``).
 
 Engines:
 
@@ -34,7 +35,8 @@ What the Flower App refuses is refused here too, before anything is written: ``p
 ``site_conditions``, ``server_benchmark``, strategies that pool data (centralised) or train sites one after
 another (cyclic), a strategy unsuited to the task or needing a server benchmark. Every wait is bounded
 (``timeout`` for the whole experiment) and every process started is stopped on return or error
-(:meth:`LocalCluster.close`).
+(:meth:`LocalCluster.close`). The cluster's processes get ``PYTHONPATH`` with this medfed first, so the App
+they run is the code running this function even where another medfed is installed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import shutil
 import threading
@@ -223,6 +226,31 @@ def _clear_outputs(out: Path) -> None:
         (out / stale).unlink(missing_ok=True)
 
 
+def fresh_log_dir(flower_dir: Path) -> Path:
+    """``flower_dir/logs``, empty: logs of an earlier invocation (a resumed run) move to ``logs-<time>``, since
+    :class:`LocalCluster` appends to its log files and reads the SuperNodes' ids from them."""
+    logs = flower_dir / "logs"
+    if logs.is_dir() and any(logs.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(logs.stat().st_mtime))
+        target, n = flower_dir / f"logs-{stamp}", 1
+        while target.exists():
+            n += 1
+            target = flower_dir / f"logs-{stamp}-{n}"
+        logs.rename(target)
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs
+
+
+def same_medfed_env() -> dict[str, str]:
+    """``PYTHONPATH`` with this process's medfed first: the cluster's ServerApp and ClientApp processes import
+    ``medfed.integrations.flower.app``, which must be the medfed running this engine (not another install)."""
+    import medfed
+
+    root = str(Path(medfed.__file__).resolve().parent.parent)
+    others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return {"PYTHONPATH": os.pathsep.join([root, *others])}
+
+
 # ----------------------------------------------------------------------------- progress
 class _RoundsBar:
     """A tqdm bar of a method's rounds, fed by polling its ``rounds.jsonl`` while ``flwr run`` runs."""
@@ -376,18 +404,19 @@ def run_experiment_on_flower(
         "experiment": str(experiment), "out": str(out_abs.parent), "sites": ",".join(sites),
         "rounds": int(rounds or 0), "resume": bool(resume),
     }
+    logs = fresh_log_dir(flower_dir)
     if engine == "flower":
         files = write_site_configs(Path(fed_file), federation, flower_dir / "sites")
-        cluster = LocalCluster([{"site-config": str(files[s]), "site-name": s} for s in sites],
-                               log_dir=flower_dir / "logs", startup_timeout=min(STARTUP_TIMEOUT, left()))
+        cluster = LocalCluster([{"site-config": str(files[s]), "site-name": s} for s in sites], log_dir=logs,
+                               startup_timeout=min(STARTUP_TIMEOUT, left()), extra_env=same_medfed_env())
         federation_config: dict[str, Any] | None = None
     else:
-        cluster = LocalCluster(simulation=True, log_dir=flower_dir / "logs",
-                               startup_timeout=min(STARTUP_TIMEOUT, left()))
+        cluster = LocalCluster(simulation=True, log_dir=logs, startup_timeout=min(STARTUP_TIMEOUT, left()),
+                               extra_env=same_medfed_env())
         federation_config = {"num-supernodes": len(sites)}
     if progress:
         tqdm.write(f"[{config.name}] {engine}: {len(sites)} site(s) ({', '.join(sites)}), "
-                   f"{len(config.methods)} method(s), logs in {flower_dir / 'logs'}")
+                   f"{len(config.methods)} method(s), logs in {logs}")
     stopped: dict[str, str] = {}
     failures: list[dict[str, Any]] = []
     try:
@@ -416,7 +445,9 @@ __all__ = [
     "FlowerEngineError",
     "FlowerTimeout",
     "flower_refusals",
+    "fresh_log_dir",
     "run_experiment_on_flower",
+    "same_medfed_env",
     "write_resolved_experiment",
     "write_site_configs",
 ]
