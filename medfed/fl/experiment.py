@@ -127,6 +127,19 @@ def draw_partition(config: ExperimentConfig, federation: Federation, config_dir:
     return drawn.map(dict(zip(default, names, strict=True)))
 
 
+def init_refusals(task: Any, config: ExperimentConfig, source: Path | str) -> list[str]:
+    """Why a method's pretrained-weights file (``init``) does not fit the task's model, one line per method; checked
+    before any output is written."""
+    refusals = []
+    for method in config.methods:
+        if method.init is not None:
+            try:
+                load_initial_weights(task.build_model(0), dict(method.init), method.label)
+            except MedfedError as err:
+                refusals.append(f"{source}: methods: {method.label}: init: {err}")
+    return refusals
+
+
 def check_federation(task: Any, federation: Federation) -> None:
     """Every site must suit the task; all problems are reported at once."""
     problems = [p for site in federation for p in task.check_site(site)]
@@ -189,12 +202,7 @@ def run_experiment(
                  for site, spec in config.site_conditions.items()
                  if spec.adversary is not None and spec.adversary.kind == "label_flip"
                  and getattr(config.task, "target", None) == "corruption"]
-    for method in config.methods:  # a pretrained-weights file that does not fit fails before any output
-        if method.init is not None:
-            try:
-                load_initial_weights(task.build_model(0), dict(method.init), method.label)
-            except MedfedError as err:
-                refusals.append(f"{config_path}: methods: {method.label}: init: {err}")
+    refusals += init_refusals(task, config, config_path)
     if refusals:
         raise ConfigError("\n".join(refusals))
     out = Path(out_root) / config.name

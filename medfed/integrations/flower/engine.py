@@ -67,14 +67,13 @@ from medfed.fl.config import (
     load_experiment,
     resolve_init,
 )
-from medfed.fl.experiment import ExperimentResult, check_federation
+from medfed.fl.experiment import ExperimentResult, check_federation, init_refusals
 from medfed.fl.names import REPORT_FILES
 from medfed.fl.runner import ROUNDS_LOG
 from medfed.fl.summary import summary_table
 from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation, load_federation
 from medfed.tasks import build_task
-from medfed.tasks.models import load_initial_weights
 
 Engine = Literal["flower", "flower-sim"]
 ENGINES: tuple[str, ...] = ("flower", "flower-sim")
@@ -118,13 +117,7 @@ def flower_refusals(config: ExperimentConfig, source: str) -> list[str]:
             reason = "needs a benchmark set held by the server, which a Flower run has not: use reliability: client"
         if reason is not None:
             refusals.append(f"{source}: methods: {label}: {reason}")
-    for spec in config.methods:  # a pretrained-weights file that does not fit fails before any output
-        if spec.init is not None:
-            try:
-                load_initial_weights(task.build_model(0), dict(spec.init), spec.label)
-            except MedfedError as err:
-                refusals.append(f"{source}: methods: {spec.label}: init: {err}")
-    return refusals
+    return refusals + init_refusals(task, config, source)
 
 
 def _check_engine(engine: str) -> None:
