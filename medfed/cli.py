@@ -1,4 +1,5 @@
-"""The ``medfed`` command: ``synth``, ``validate``, ``run``, ``pretrain``, ``report``, ``predict``, ``score``.
+"""The ``medfed`` command: ``synth``, ``validate``, ``run``, ``pretrain``, ``report``, ``predict``, ``score``,
+``classify-reports``, ``evaluate-reports``, ``flower-certs``.
 
 Bad input ends in a message naming the file, case and reason and a non-zero exit code, never a
 traceback: exit 1 for data problems, 2 for config/usage errors.
@@ -346,6 +347,21 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-ci-cases", type=int, default=10, help="fewest test cases for a CI or test (default 10)")
 
 
+def cmd_flower_certs(args: argparse.Namespace) -> int:
+    try:
+        from medfed.integrations.flower.certificates import write_credentials
+    except ImportError as err:  # cryptography comes with flwr
+        raise ConfigError(f"flower-certs needs medfed[flower] (pip install 'medfed[flower]'): {err}") from err
+    files = write_credentials(args.out, args.host, args.node, days=args.days, overwrite=args.overwrite)
+    print(f"SuperLink (keep ca.key offline): --ssl-ca-certfile {files.ca_certificate} "
+          f"--ssl-certfile {files.server_certificate} --ssl-keyfile {files.server_key} --enable-supernode-auth")
+    print(f"every hospital and the flwr connection (root-certificates): {files.ca_certificate}")
+    for node in args.node:
+        print(f"{node}: flwr supernode register {files.public_key(node)} <connection> --name {node}; its SuperNode: "
+              f"--auth-supernode-private-key {files.node_keys[node]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfed", description="Federated learning benchmarks for medical imaging.")
     parser.add_argument("--version", action="version", version=f"medfed {__version__}")
@@ -452,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true")
     _add_report_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate_reports)
+
+    certs = sub.add_parser("flower-certs", help="TLS certificates and SuperNode keys for a Flower deployment "
+                                                "(a CA, the SuperLink's certificate, one key pair per hospital)")
+    certs.add_argument("out", type=Path, help="folder to write ca.crt, ca.key, server.pem, server.key, keys/")
+    certs.add_argument("--host", action="append", required=True,
+                       help="the SuperLink's host name or IP address as SuperNodes dial it (repeatable)")
+    certs.add_argument("--node", action="append", default=[], help="a hospital's node name (repeatable)")
+    certs.add_argument("--days", type=int, default=3650, help="validity of the certificates (default 3650)")
+    certs.add_argument("--overwrite", action="store_true", help="replace existing files (a new CA for everyone)")
+    certs.set_defaults(func=cmd_flower_certs)
     return parser
 
 

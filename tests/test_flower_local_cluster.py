@@ -4,15 +4,22 @@ Runs tests/flower_echo_app through ``flwr run`` against a
 :class:`medfed.integrations.flower.local_cluster.LocalCluster`.
 """
 
-import importlib.util
 import json
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from flower_support import LoopbackWatch, ray_ready  # noqa: F401  (fixture)
 
-from medfed.integrations.flower.local_cluster import LocalCluster, flower_cli_available
+from medfed.integrations.flower.certificates import write_credentials
+from medfed.integrations.flower.local_cluster import (
+    LocalCluster,
+    flower_cli_available,
+    free_port,
+)
 
 APP_DIR = Path(__file__).parent / "flower_echo_app"
 
@@ -32,7 +39,8 @@ def _echo_config(out: Path, **overrides: object) -> dict:
 def test_three_supernodes_echo_site_index(tmp_path: Path) -> None:
     out = tmp_path / "echo.json"
     t0 = time.monotonic()
-    with LocalCluster([{"site-index": i} for i in range(3)], log_dir=tmp_path / "logs") as cluster:
+    with LoopbackWatch() as network, LocalCluster([{"site-index": i} for i in range(3)],
+                                                  log_dir=tmp_path / "logs") as cluster:
         t_ready = time.monotonic() - t0
         assert len(set(cluster.node_ids)) == 3
         result = cluster.run_app(APP_DIR, _echo_config(out, **{"min-nodes": 3}), timeout=90)
@@ -44,6 +52,7 @@ def test_three_supernodes_echo_site_index(tmp_path: Path) -> None:
     # node i answered with its own --node-config site-index
     assert data["received"] == {str(nid): i for i, nid in enumerate(cluster.node_ids)}
     assert data["missing"] == [] and data["errors"] == {}
+    assert network.listening and network.outside() == []  # SuperLink, SuperNodes, apps: loopback only
     # everything torn down, temp dir gone, logs kept
     assert cluster.processes_alive() == []
     assert workdir is not None and not workdir.exists()
@@ -75,15 +84,10 @@ def test_run_completes_after_a_supernode_is_killed(tmp_path: Path) -> None:
     assert cluster.processes_alive() == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="flwr[simulation] (Ray) is not installed")
-@pytest.mark.skipif(
-    os.environ.get("MEDFED_FLOWER_RAY") != "1",
-    reason="Ray (Flower Simulation Engine) binds its gRPC servers to 0.0.0.0, not loopback only; "
-    "opt in with MEDFED_FLOWER_RAY=1",
-)
-def test_simulation_engine_echo(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("ray_ready")
+def test_simulation_engine_echo_on_loopback_only(tmp_path: Path) -> None:
     out = tmp_path / "echo.json"
-    with LocalCluster(simulation=True, log_dir=tmp_path / "logs") as cluster:
+    with LoopbackWatch() as network, LocalCluster(simulation=True, log_dir=tmp_path / "logs") as cluster:
         result = cluster.run_app(
             APP_DIR,
             _echo_config(out, **{"min-nodes": 3}),
@@ -95,3 +99,37 @@ def test_simulation_engine_echo(tmp_path: Path) -> None:
     # simulated SuperNodes carry partition-id 0..2 instead of a site-index
     assert data["values"] == [0, 1, 2]
     assert cluster.processes_alive() == []
+    # Ray in loopback mode: its servers listen on, and its processes connect to, 127.0.0.1 only
+    assert network.listening and network.outside() == []
+
+
+def test_tls_and_supernode_authentication_admit_registered_nodes_only(tmp_path: Path) -> None:
+    """The secured deployment of app.py's docstring, on loopback: TLS on every API, `--enable-supernode-auth`,
+    `flwr supernode register` per hospital. Registered nodes run the app; a node whose key was never
+    registered is refused by the SuperLink and never listed."""
+    out = tmp_path / "echo.json"
+    intruder = write_credentials(tmp_path / "intruder", ["127.0.0.1"], ["intruder"]).node_keys["intruder"]
+    with LoopbackWatch() as network, LocalCluster([{"site-index": i} for i in range(2)], tls=True,
+                                                  log_dir=tmp_path / "logs") as cluster:
+        assert cluster.credentials is not None
+        result = cluster.run_app(APP_DIR, _echo_config(out, **{"min-nodes": 2}), timeout=90)
+        assert result.ok, result.output
+        cmd = ["flower-supernode", "--root-certificates", str(cluster.credentials.ca_certificate),
+               "--auth-supernode-private-key", str(intruder), "--superlink", cluster.address,
+               "--host", "127.0.0.1", "--port", str(free_port()), "--max-wait-time", "10"]
+        with open(tmp_path / "intruder.log", "wb") as log:
+            rogue = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, "FLWR_HOME": str(tmp_path / "intruder-home")})
+            try:
+                rogue.wait(timeout=60)  # Flower gives up: the SuperLink refuses to activate the node
+            finally:
+                os.killpg(rogue.pid, signal.SIGKILL)  # and what it started (its SuperExec)
+                rogue.wait()
+        listed = {int(n["node-id"]) for n in cluster.list_nodes()}
+    assert rogue.returncode not in (0, None)
+    assert "Failed to activate SuperNode" in (tmp_path / "intruder.log").read_text()
+    assert listed == set(cluster.node_ids)  # only the two registered hospitals
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["values"] == [0, 1] and data["missing"] == [] and data["errors"] == {}
+    assert cluster.processes_alive() == []
+    assert network.listening and network.outside() == []

@@ -11,10 +11,11 @@ into the same run directory.
 Deployment across hospitals (flwr 1.42 command lines; ``flower-superlink --help``, ``flower-supernode
 --help`` and ``flwr run --help`` list every option)::
 
-    # 0. certificates: a CA, and a server certificate for the SuperLink's host name
-    #    (e.g. Flower's examples/advanced-tensorflow/certificates/generate.sh); one key pair per hospital for
-    #    node authentication (NIST P-384, OpenSSH format):
-    ssh-keygen -t ecdsa -b 384 -N "" -f keys/hospital-a        # keys/hospital-a, keys/hospital-a.pub
+    # 0. certificates: a CA (certs/ca.crt, ca.key), the SuperLink's certificate for the name SuperNodes dial
+    #    (certs/server.pem, server.key), and one key pair per hospital for node authentication (NIST P-384,
+    #    OpenSSH format, as `ssh-keygen -t ecdsa -b 384` writes them): certs/keys/hospital-a(.pub), ...
+    medfed flower-certs certs --host superlink.example.org --node hospital-a --node hospital-b --node hospital-c
+    #    send certs/ca.crt and certs/keys/hospital-X (private) to hospital X; keep certs/ca.key offline
 
     # 1. the coordinating server (TLS on, only registered SuperNodes may connect, state kept on disk;
     #    medfed is installed there, so Flower need not install the app's dependencies)
@@ -30,12 +31,12 @@ Deployment across hospitals (flwr 1.42 command lines; ``flower-superlink --help`
     #        address = "superlink.example.org:8000"
     #        root-certificates = "/path/to/certs/ca.crt"
     #    then register each hospital's public key:
-    flwr supernode register keys/hospital-a.pub hospitals --name hospital-a
+    flwr supernode register certs/keys/hospital-a.pub hospitals --name hospital-a
 
     # 3. at each hospital, one SuperNode naming its own site config (a medfed sites/*.yaml with its data):
     flower-supernode \
         --superlink superlink.example.org:8000 --root-certificates certs/ca.crt \
-        --auth-supernode-private-key keys/hospital-a \
+        --auth-supernode-private-key certs/keys/hospital-a \
         --node-config "site-config='/data/medfed/sites/hospital_a.yaml' site-name='hospital-a'"
     #    (add share-case-records=false to send only this site's suppressed metrics, never per-case records)
 

@@ -60,7 +60,9 @@ What flwr 1.42 looks like (read from ``--help`` and the installed sources)
 * Environment: ``FLWR_HOME`` (per process here, inside a temp dir),
   ``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1`` (otherwise the
   binaries phone home), ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (the
-  SuperLink otherwise ``uv sync``-installs an app's dependencies).
+  SuperLink otherwise ``uv sync``-installs an app's dependencies). With
+  ``--simulation`` also ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray's node
+  address becomes 127.0.0.1, so Ray listens on and connects to loopback only.
 
 The same deployment across hospitals, with TLS and SuperNode authentication
 ---------------------------------------------------------------------------
@@ -116,6 +118,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -127,6 +130,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from medfed.integrations.flower.certificates import (
+    DeploymentCredentials,
+    write_credentials,
+)
+
 __all__ = ["FlowerClusterError", "LocalCluster", "RunResult", "flower_cli_available"]
 
 SUPERLINK_BIN = "flower-superlink"
@@ -137,6 +145,11 @@ _LOOPBACK = "127.0.0.1"
 _NODE_ID_RE = re.compile(r"SuperNode ID:\s*(\d+)")
 _RUN_ID_RE = re.compile(r"Successfully started run (\d+)")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+# Ray's single-machine mode (its default on macOS/Windows): the node address is 127.0.0.1, so every Ray
+# server (GCS, raylet, object manager, workers) listens on, and every Ray connection goes to, loopback only.
+# On Linux Ray otherwise takes the machine's outward address and listens on all interfaces.
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 _BASE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -183,6 +196,46 @@ def flower_cli_available() -> tuple[bool, str]:
     if missing:
         return False, f"Flower CLI binaries not found: {', '.join(missing)} (pip install flwr)"
     return True, ""
+
+
+_RAY_PROBE = (
+    "import ray\n"
+    "ray.init(num_cpus=1, include_dashboard=False, logging_level='ERROR', log_to_driver=False)\n"
+    "assert ray.get(ray.remote(lambda: 1).remote()) == 1\n"
+    "ray.shutdown()\n"
+)
+
+
+def ray_start_problem(timeout: float = 120.0) -> str | None:
+    """Why Ray (Flower's Simulation Engine) cannot start here, or ``None`` when it can.
+
+    Starts a one-CPU Ray in loopback mode (:data:`RAY_LOOPBACK_ENV`) in a child process with its own temp
+    folder, runs one task and shuts it down; every process it started is gone when this returns.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install 'medfed[flower-sim]')"
+    with tempfile.TemporaryDirectory(prefix="medfed-ray-probe-") as tmp:
+        env = {**os.environ, **RAY_LOOPBACK_ENV, "RAY_TMPDIR": tmp}
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _RAY_PROBE], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as err:
+            return f"cannot start a Python process for Ray: {err}"
+        tree: list[tuple[int, int]] = []
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            tree = _tree(proc.pid)
+            _signal_tree(tree, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+            return f"Ray did not start within {timeout:.0f} s"
+        if proc.returncode != 0:
+            last = output.decode(errors="replace").strip().splitlines()[-3:]
+            return f"Ray failed to start (exit {proc.returncode}): {' | '.join(last)}"
+    return None
 
 
 def free_port(host: str = _LOOPBACK) -> int:
@@ -406,6 +459,13 @@ class LocalCluster:
         Start the SuperLink with ``--simulation`` (Simulation Engine, Ray) and no
         SuperNodes; pass ``federation_config={"num-supernodes": n}`` to
         :meth:`run_app`.
+    tls:
+        The secured deployment of ``medfed/integrations/flower/app.py`` on loopback:
+        fresh credentials (:func:`~medfed.integrations.flower.certificates.write_credentials`,
+        in :attr:`credentials`), a SuperLink with TLS and ``--enable-supernode-auth``,
+        each SuperNode's public key registered with ``flwr supernode register``, and
+        SuperNodes that verify the server with ``--root-certificates`` and sign with
+        ``--auth-supernode-private-key``.
     """
 
     def __init__(
@@ -415,6 +475,7 @@ class LocalCluster:
         log_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 60.0,
         simulation: bool = False,
+        tls: bool = False,
         connection_name: str = "medfed-local",
         extra_env: Mapping[str, str] | None = None,
         keep_workdir: bool = False,
@@ -424,6 +485,8 @@ class LocalCluster:
             raise ValueError("simulation=True runs without SuperNodes; drop node_configs")
         self.node_configs = [dict(c) for c in node_configs]
         self.simulation = simulation
+        self.tls = tls
+        self.credentials: DeploymentCredentials | None = None
         self.startup_timeout = float(startup_timeout)
         self.connection_name = connection_name
         self.extra_env = dict(extra_env or {})
@@ -482,9 +545,14 @@ class LocalCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.close)
         try:
+            if self.tls:
+                self.credentials = write_credentials(self.workdir / "credentials", [_LOOPBACK, "localhost"],
+                                                     [f"supernode-{i}" for i in range(len(self.node_configs))])
             self._start_superlink()
             self._write_cli_config()
             for i in range(len(self.node_configs)):
+                if self.credentials is not None:
+                    self.register_node_key(self.credentials.public_key(f"supernode-{i}"), f"supernode-{i}")
                 self._start_supernode(i)
             self._wait_nodes()
         except BaseException:
@@ -498,7 +566,7 @@ class LocalCluster:
             self.port = free_port()
             cmd = [
                 self._bins[SUPERLINK_BIN],
-                "--insecure",
+                *self._superlink_security(),
                 "--host", _LOOPBACK,
                 "--port", str(self.port),
                 "--database", str(self.workdir / "superlink-state.db"),
@@ -509,6 +577,7 @@ class LocalCluster:
             env = self._env(self.workdir / "superlink-home")
             if self.simulation:
                 env.setdefault("RAY_TMPDIR", str(self.workdir / "ray"))
+                env.update(RAY_LOOPBACK_ENV)
             log = self.log_dir / (f"superlink.{attempt}.log" if attempt else "superlink.log")
             self.superlink = _Managed.spawn("superlink", cmd, env, log, self.workdir)
             deadline = time.monotonic() + self.startup_timeout
@@ -529,10 +598,23 @@ class LocalCluster:
             self.superlink = None
         raise FlowerClusterError(f"SuperLink exited during startup; log tail:\n{last_error}")
 
+    def _superlink_security(self) -> list[str]:
+        if self.credentials is None:
+            return ["--insecure"]
+        c = self.credentials
+        return ["--ssl-ca-certfile", str(c.ca_certificate), "--ssl-certfile", str(c.server_certificate),
+                "--ssl-keyfile", str(c.server_key), "--enable-supernode-auth"]
+
     def _health_ok(self) -> bool:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        scheme = "http"
+        if self.credentials is not None:
+            scheme = "https"
+            handlers.append(urllib.request.HTTPSHandler(
+                context=ssl.create_default_context(cafile=str(self.credentials.ca_certificate))))
+        opener = urllib.request.build_opener(*handlers)
         try:
-            with opener.open(f"http://{self.address}/health", timeout=1.0) as resp:
+            with opener.open(f"{scheme}://{self.address}/health", timeout=1.0) as resp:
                 return 200 <= resp.status < 300
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -545,15 +627,21 @@ class LocalCluster:
             f'default = "{self.connection_name}"\n\n'
             f"[superlink.{self.connection_name}]\n"
             f'address = "{self.address}"\n'
-            "insecure = true\n",
+            + (f'root-certificates = "{self.credentials.ca_certificate}"\n' if self.credentials is not None
+               else "insecure = true\n"),
             encoding="utf-8",
         )
 
     def _start_supernode(self, i: int) -> None:
         assert self.workdir is not None and self.log_dir is not None
+        if self.credentials is None:
+            security = ["--insecure"]
+        else:
+            security = ["--root-certificates", str(self.credentials.ca_certificate),
+                        "--auth-supernode-private-key", str(self.credentials.node_keys[f"supernode-{i}"])]
         cmd = [
             self._bins[SUPERNODE_BIN],
-            "--insecure",
+            *security,
             "--superlink", self.address,
             "--host", _LOOPBACK,
             "--port", str(free_port()),
@@ -632,6 +720,11 @@ class LocalCluster:
                 f"{_ANSI_RE.sub('', proc.stdout)}\n{_ANSI_RE.sub('', proc.stderr)}"
             )
         return proc
+
+    def register_node_key(self, public_key: Path, name: str, timeout: float = 30.0) -> None:
+        """``flwr supernode register PUBLIC_KEY CONNECTION --name NAME``: a SuperNode holding the matching
+        private key may then connect (``tls=True`` clusters run with ``--enable-supernode-auth``)."""
+        self.flwr("supernode", "register", str(public_key), self.connection_name, "--name", name, timeout=timeout)
 
     def _flwr_json(self, *args: str, timeout: float = 30.0) -> dict[str, Any]:
         proc = self.flwr(*args, "--format", "json", timeout=timeout)

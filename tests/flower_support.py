@@ -1,0 +1,106 @@
+"""Shared by the Flower tests: three synthetic hospitals, a loopback-only network watch, a Ray gate."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+import psutil
+import pytest
+import yaml
+
+from medfed.integrations.flower.local_cluster import ray_start_problem
+from medfed.synth import write_federation
+
+SITES = ("adult-a", "adult-b", "adult-c")
+
+
+def write_hospitals(folder: Path, scale: str = "small", min_count: int | None = 2) -> dict[str, Path]:
+    """The three adult sites of the synthetic chest X-ray federation (the demo federation at ``scale="demo"``).
+
+    Returns ``{"federation": the three-site file (in-process reference), site: that hospital's own site config
+    (one SuperNode each)}``; ``min_count`` overrides the federation's (2: some metrics visible, some suppressed).
+    """
+    full = write_federation("chest_xray", folder, scale=scale, seed=0)
+    config = yaml.safe_load(full.read_text())
+    if min_count is not None:
+        config["min_count"] = min_count
+    sources = {s["name"]: s for s in config["sources"]}
+    files = {"federation": full.parent / "three.yaml"}
+    files["federation"].write_text(yaml.safe_dump({**config, "sources": [sources[s] for s in SITES]}))
+    for site in SITES:
+        files[site] = full.parent / f"hospital_{site}.yaml"
+        files[site].write_text(yaml.safe_dump({**config, "name": f"hospital-{site}", "sources": [sources[site]]}))
+    return files
+
+
+def node_configs(hospitals: dict[str, Path]) -> list[dict[str, str]]:
+    """One ``--node-config`` per SuperNode: its own site config and site name."""
+    return [{"site-config": str(hospitals[s]), "site-name": s} for s in SITES]
+
+
+@functools.cache
+def _ray_problem() -> str | None:
+    return ray_start_problem()
+
+
+@pytest.fixture(scope="session")
+def ray_ready() -> None:
+    """Skip (with Ray's own reason) only where Ray, in loopback mode, cannot start on this machine."""
+    problem = _ray_problem()
+    if problem is not None:
+        pytest.skip(f"Flower's Simulation Engine cannot run here: {problem}")
+
+
+class LoopbackWatch:
+    """Records every listening and every connected address of this process's descendants while it runs.
+
+    ``outside()`` lists the ones that are not loopback (127.0.0.0/8, ::1, or IPv4-mapped loopback): the
+    Flower tests must neither listen on nor talk to any other interface.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.listening: set[str] = set()
+        self.remote: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> None:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                connections = proc.net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            for c in connections:
+                if c.status == psutil.CONN_LISTEN:
+                    self.listening.add(c.laddr.ip)
+                elif c.raddr:
+                    self.remote.add(c.raddr.ip)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _is_loopback(address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback
+
+    def outside(self) -> list[str]:
+        return sorted(a for a in self.listening | self.remote if not self._is_loopback(a))
