@@ -25,6 +25,7 @@ import yaml
 
 flwr_app = pytest.importorskip("flwr.app")
 
+from flower_support import write_hospitals
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
@@ -47,7 +48,6 @@ from medfed.integrations.flower.server import (
     run_flower_method,
 )
 from medfed.seeding import derive_seed, rng_for
-from medfed.synth import write_federation
 from medfed.tasks import build_task
 from medfed.tasks.classification import ClassificationTask
 
@@ -150,15 +150,7 @@ def server_identity():
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> dict[str, Path]:
     """The 3-site federation file (in-process reference) and one site config per hospital (Flower nodes)."""
-    full = write_federation("chest_xray", tmp_path_factory.mktemp("fed"), scale="small", seed=0)
-    config = {**yaml.safe_load(full.read_text()), "min_count": 2}  # some metrics visible, some suppressed
-    sources = {s["name"]: s for s in config["sources"]}
-    files = {"federation": full.parent / "three.yaml"}
-    files["federation"].write_text(yaml.safe_dump({**config, "sources": [sources[s] for s in SITES]}))
-    for site in SITES:
-        files[site] = full.parent / f"hospital_{site}.yaml"
-        files[site].write_text(yaml.safe_dump({**config, "name": f"hospital-{site}", "sources": [sources[site]]}))
-    yield files
+    yield write_hospitals(tmp_path_factory.mktemp("fed"))  # min_count 2: some metrics visible, some suppressed
     flower_client.clear_caches()
 
 

@@ -4,7 +4,10 @@ in-process engine; and a simulated node (Flower's Simulation Engine) taking its 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import yaml
 
 pytest.importorskip("flwr.app")
 
+from flower_support import SITES, LoopbackWatch, ray_ready, write_hospitals  # noqa: F401
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -34,9 +38,7 @@ from medfed.integrations.flower.engine import (
 )
 from medfed.integrations.flower.local_cluster import flower_cli_available
 from medfed.sites.federation import load_federation
-from medfed.synth import write_federation
 
-SITES = ("adult-a", "adult-b", "adult-c")
 _CLI_OK, _CLI_REASON = flower_cli_available()
 needs_cli = pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI missing")
 
@@ -44,12 +46,7 @@ needs_cli = pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI mi
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Path:
     """The three table sites of the small synthetic chest X-ray federation (paths relative to the file)."""
-    full = write_federation("chest_xray", tmp_path_factory.mktemp("fed"), scale="small", seed=0)
-    config = {**yaml.safe_load(full.read_text()), "min_count": 2}
-    sources = {s["name"]: s for s in config["sources"]}
-    path = full.parent / "three.yaml"
-    path.write_text(yaml.safe_dump({**config, "sources": [sources[s] for s in SITES]}))
-    return path
+    return write_hospitals(tmp_path_factory.mktemp("fed"))["federation"]
 
 
 def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | None = None, **extra) -> Path:
@@ -215,18 +212,47 @@ def same_as_in_process(flower_out: Path, reference: Path) -> None:
                                   pd.read_csv(reference / "predictions" / "fedavg.csv"))
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and everything below it at once: the machine running the server dies."""
+    tree = [process, *psutil.Process(process.pid).children(recursive=True)]
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    process.wait()
+    psutil.wait_procs([p for p in tree if isinstance(p, psutil.Process)], timeout=10)
+
+
 @pytest.mark.slow
 @needs_cli
-def test_flower_deployment_engine_equals_the_in_process_engine(federation, tmp_path):
+def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federation, tmp_path):
+    """`medfed run --engine flower` killed (with its SuperLink and SuperNodes) after round 1 of 2; `--resume`
+    starts a new cluster, trains round 2 only, and ends bit-identical to the uninterrupted in-process run."""
     config = experiment(tmp_path / "exp.yaml", federation, rounds=2)
-    reference = run_experiment(config, tmp_path / "inprocess", progress=False, overrides={"rounds": 1})
-    began = time.monotonic()
-    result = run_experiment_on_flower(config, tmp_path / "flower", "flower", rounds=1, progress=False, timeout=300)
-    print(f"flower engine: {time.monotonic() - began:.1f} s")
-    assert flower_processes() == []  # SuperLink, SuperNodes and everything they started are gone
+    reference = run_experiment(config, tmp_path / "inprocess", progress=False)
     out = tmp_path / "flower" / "exp"
+    rounds_log = out / "runs" / "fedavg" / "rounds.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medfed.cli", "run", str(config), "--out", str(tmp_path / "flower"),
+         "--engine", "flower", "--no-progress"],
+        env={**os.environ, **same_medfed_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline and not (
+            rounds_log.is_file() and rounds_log.read_text().strip()):
+        time.sleep(0.05)
+    kill_tree(process)  # round 1 is logged and checkpointed; round 2 is under way
+    assert flower_processes() == []
+    assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1]
+    assert not (out / "metrics.csv").exists(), "the run finished before it could be killed"
+
+    began = time.monotonic()
+    result = run_experiment_on_flower(config, tmp_path / "flower", "flower", resume=True, progress=False, timeout=300)
+    print(f"flower engine, resumed: {time.monotonic() - began:.1f} s")
+    assert flower_processes() == []  # SuperLink, SuperNodes and everything they started are gone
     assert result.out == out and result.name == "exp" and result.primary_metric == reference.primary_metric
     assert result.stopped == {} and result.failures == []
+    assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1, 2]
     same_as_in_process(out, reference.out)
     pd.testing.assert_frame_equal(result.summary, reference.summary)
     assert len(result.metrics) == len(reference.metrics)
@@ -234,23 +260,20 @@ def test_flower_deployment_engine_equals_the_in_process_engine(federation, tmp_p
     logs = {p.name for p in (out / "flower" / "logs").iterdir()}
     assert {"superlink.log", "supernode-0.log", "supernode-2.log"} <= logs
     assert any(name.startswith("flwr-run-") for name in logs)
-    assert yaml.safe_load((out / "config.yaml").read_text())["training"]["rounds"] == 1
+    assert [p.name.startswith("logs-") for p in (out / "flower").iterdir()].count(True) == 1  # the killed run's
 
 
 @pytest.mark.slow
 @needs_cli
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="flwr[simulation] (Ray) is not installed")
-@pytest.mark.skipif(
-    os.environ.get("MEDFED_FLOWER_RAY") != "1",
-    reason="Ray (Flower Simulation Engine) binds its servers to all interfaces, not loopback only; "
-    "opt in with MEDFED_FLOWER_RAY=1",
-)
+@pytest.mark.usefixtures("ray_ready")
 def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_path):
     config = experiment(tmp_path / "exp.yaml", federation, rounds=1)
     reference = run_experiment(config, tmp_path / "inprocess", progress=False)
     began = time.monotonic()
-    result = run_experiment_on_flower(config, tmp_path / "sim", "flower-sim", progress=False, timeout=400)
+    with LoopbackWatch() as network:
+        result = run_experiment_on_flower(config, tmp_path / "sim", "flower-sim", progress=False, timeout=400)
     print(f"flower-sim engine: {time.monotonic() - began:.1f} s")
+    assert network.listening and network.outside() == []  # Ray and Flower on loopback only
     assert flower_processes() == []
     assert result.stopped == {} and result.failures == []
     out = tmp_path / "sim" / "exp"

@@ -27,8 +27,8 @@ Engines:
     to 127.0.0.1. Results equal the in-process engine's bit for bit.
 ``flower-sim``
     Flower's Simulation Engine: ``flower-superlink --simulation`` and ``num-supernodes`` = number of sites,
-    virtual nodes on Ray (needs ``flwr[simulation]``; Ray's processes listen on all interfaces). A virtual node
-    has no ``site-config``; the ClientApp takes site ``partition-id`` of the run's ``sites``
+    virtual nodes on Ray (needs ``flwr[simulation]``; Ray runs in loopback mode, listening on 127.0.0.1 only).
+    A virtual node has no ``site-config``; the ClientApp takes site ``partition-id`` of the run's ``sites``
     (:func:`medfed.integrations.flower.client.site_node_config`).
 
 What the Flower App refuses is refused here too, before anything is written: ``partition``,
