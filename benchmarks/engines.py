@@ -7,8 +7,8 @@ ResNet, FedAvg for ``--rounds`` rounds (evaluation at the end). The same config 
 * ``inprocess``: :func:`medfed.fl.experiment.run_experiment`;
 * ``flower``: :func:`medfed.integrations.flower.engine.run_experiment_on_flower` with ``engine="flower"``
   (a SuperLink and one SuperNode per site, all on 127.0.0.1);
-* ``flower-sim``: the same with ``engine="flower-sim"`` (Flower's Simulation Engine on Ray), only with
-  ``--with-sim``: Ray's processes listen on all interfaces.
+* ``flower-sim``: the same with ``engine="flower-sim"`` (Flower's Simulation Engine on Ray, in loopback
+  mode); left out with ``--no-sim`` or where Ray is not installed.
 
 Each engine runs in its own fresh child process (``python engines.py --child ENGINE ...``); its wall time is
 that of the ``run_experiment*`` call in the child (imports and data generation excluded; Flower's cluster
@@ -18,7 +18,7 @@ ClientApps, Ray's), sampled every 0.2 s with psutil; a process seen once is foll
 re-parented. The driver process itself (it only starts the cluster and reads results) is shown apart. Summed
 RSS counts pages shared between processes (libraries) once per process, as the machine's users see it.
 
-    python benchmarks/engines.py [--rounds 3] [--scale demo] [--with-sim] [--data DIR]
+    python benchmarks/engines.py [--rounds 3] [--scale demo] [--no-sim] [--data DIR]
 
 Prints a table of wall time and peak memory per engine and the ratios against in-process (the goal:
 in-process at least 3x faster than Flower simulation and at most half its memory), and whether each Flower
@@ -28,6 +28,7 @@ engine's ``metrics.csv`` equals the in-process one.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -163,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", default="demo", help="synthetic federation size (medfed synth --scale)")
-    parser.add_argument("--with-sim", action="store_true", help="also Flower simulation (Ray binds all interfaces)")
+    parser.add_argument("--no-sim", action="store_true", help="leave out Flower's simulation (Ray)")
     parser.add_argument("--data", help="folder for the synthetic federation (default: a temporary one)")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--experiment", help=argparse.SUPPRESS)
@@ -174,7 +175,10 @@ def main() -> None:
         child(args.child, Path(args.experiment), Path(args.out), Path(args.report))
         return
 
-    engines = ["inprocess", "flower", *(["flower-sim"] if args.with_sim else [])]
+    with_sim = not args.no_sim and importlib.util.find_spec("ray") is not None
+    if not args.no_sim and not with_sim:
+        print("flower-sim left out: Ray is not installed (pip install 'medfed[flower-sim]')")
+    engines = ["inprocess", "flower", *(["flower-sim"] if with_sim else [])]
     with tempfile.TemporaryDirectory(prefix="medfed-engines-") as tmp:
         data = Path(args.data) if args.data else Path(tmp) / "data"
         experiment = write_experiment(data, args.scale, args.rounds)
