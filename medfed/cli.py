@@ -1,5 +1,5 @@
 """The ``medfed`` command: ``synth``, ``validate``, ``run``, ``pretrain``, ``report``, ``predict``, ``score``,
-``classify-reports``, ``evaluate-reports``, ``flower-certs``.
+``classify-reports``, ``evaluate-reports``, ``flower-certs``, ``nnunet``.
 
 Bad input ends in a message naming the file, case and reason and a non-zero exit code, never a
 traceback: exit 1 for data problems, 2 for config/usage errors.
@@ -362,6 +362,27 @@ def cmd_flower_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nnunet(args: argparse.Namespace) -> int:
+    try:
+        from medfed.integrations.nnunet import commands
+    except ImportError as err:
+        raise ConfigError(f"medfed nnunet needs nnU-Net: pip install -c constraints.txt 'medfed[nnunet]' ({err})") from err
+    if args.nnunet_command == "export":
+        for d in commands.export(args.sites, args.out, args.dataset_id, args.name, args.per_site,
+                                 progress=not args.no_progress):
+            print(f"{d.folder}: {d.training} training case(s), {d.test} test case(s) from {', '.join(d.sites)}")
+        print("next: nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres --verify_dataset_integrity "
+              f"(with nnUNet_raw={args.out})")
+    elif args.nnunet_command == "plan":
+        plans = commands.plan(args.sites, args.out, args.dataset_id, args.name, args.planner, args.gpu_memory,
+                              args.bins, progress=not args.no_progress)
+        print(f"federated nnU-Net plans: {plans} (use as task.model: {{name: nnunet, plans: {plans}}})")
+    else:
+        done = commands.import_predictions(args.sites, args.predictions, args.out, args.split, args.site)
+        print(f"{done['written']} label map(s) written to {done['out']} (score them with medfed score)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfed", description="Federated learning benchmarks for medical imaging.")
     parser.add_argument("--version", action="version", version=f"medfed {__version__}")
@@ -478,6 +499,33 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, default=3650, help="validity of the certificates (default 3650)")
     certs.add_argument("--overwrite", action="store_true", help="replace existing files (a new CA for everyone)")
     certs.set_defaults(func=cmd_flower_certs)
+
+    nnunet = sub.add_parser("nnunet", help="nnU-Net v2: export a segmentation federation in its raw format, "
+                                          "federated fingerprint and plans, predictions back to submissions")
+    nn_sub = nnunet.add_subparsers(dest="nnunet_command", required=True)
+    nn_export = nn_sub.add_parser("export", help="write the sites as nnU-Net raw dataset(s) (hashed case ids)")
+    nn_plan = nn_sub.add_parser("plan", help="each site's fingerprint (statistics only), merged; nnU-Net's planner "
+                                             "on it: one plans file for the federation")
+    for command in (nn_export, nn_plan):
+        command.add_argument("sites", type=Path, help="federation config (sites/*.yaml) of BraTS/FeTS sites")
+        command.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999)")
+        command.add_argument("--name", required=True, help="dataset name: Dataset<ID>_<NAME>")
+        command.add_argument("--no-progress", action="store_true")
+    nn_export.add_argument("--out", type=Path, default=Path("nnUNet_raw"), help="nnU-Net raw folder (default nnUNet_raw)")
+    nn_export.add_argument("--per-site", action="store_true", help="one dataset per site (ids ID, ID+1, ...)")
+    nn_plan.add_argument("--out", type=Path, default=Path("reports") / "nnunet", help="folder for the plans")
+    nn_plan.add_argument("--planner", default="ExperimentPlanner",
+                         help="nnU-Net planner class (ExperimentPlanner, nnUNetPlannerResEncM, ...)")
+    nn_plan.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory target of the planner (GB)")
+    nn_plan.add_argument("--bins", type=int, default=10_000, help="intensity histogram bins per channel")
+    nn_import = nn_sub.add_parser("import-predictions", help="nnU-Net predicted label maps -> BraTS submission "
+                                                           "files for medfed score")
+    nn_import.add_argument("sites", type=Path)
+    nn_import.add_argument("predictions", type=Path, help="folder of <case id>.nii.gz from nnUNetv2_predict")
+    nn_import.add_argument("--out", type=Path, required=True, help="submission folder to write")
+    nn_import.add_argument("--split", default="test")
+    nn_import.add_argument("--site", action="append", help="only this site's cases (repeatable; default all)")
+    nnunet.set_defaults(func=cmd_nnunet)
     return parser
 
 

@@ -157,6 +157,10 @@ def load_experiment(path: Path | str) -> ExperimentConfig:
     # pretrained-weights files are relative to the experiment file, like the federation
     if config.task.model.get("init") is not None:
         config.task.model["init"] = resolve_init(config.task.model["init"], Path(path).parent)
+    if isinstance(config.task.model.get("plans"), str):  # nnU-Net plans file, also relative to the experiment
+        from medfed.config import resolve_path
+
+        config.task.model["plans"] = str(resolve_path(config.task.model["plans"], Path(path).parent))
     for method in config.methods:
         if method.init is not None:
             method.init = resolve_init(method.init, Path(path).parent)

@@ -1,0 +1,73 @@
+"""One set of nnU-Net plans for a whole federation, derived on the server from the merged fingerprint.
+
+nnU-Net's own planner (``ExperimentPlanner`` or any planner class name nnU-Net knows, e.g. the residual
+encoder presets ``nnUNetPlannerResEncM``) reads ``dataset.json`` from ``$nnUNet_raw/<dataset>`` and the
+fingerprint from ``$nnUNet_preprocessed/<dataset>``; here those folders hold only the BraTS-region
+``dataset.json`` (:func:`medfed.integrations.nnunet.export.dataset_json`, with nnU-Net's NIfTI reader named
+so no image is opened) and the merged fingerprint. nnU-Net reads its folders from environment variables
+when it is imported, so the planner runs in a child Python process with those set. The result is nnU-Net's
+``nnUNetPlans.json``: target spacing, patch size, normalisation per channel and network topology, shared
+by every site.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from medfed.errors import MedfedError
+from medfed.integrations.nnunet.export import dataset_folder_name, dataset_json
+
+_PLAN = """
+import json, sys
+from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
+dataset_id, planner, gpu = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+plan_experiments([dataset_id], planner, gpu_memory_target_in_gb=gpu)
+"""
+
+
+def write_planning_inputs(fingerprint: dict[str, Any], training_cases: int, out: Path, dataset_id: int,
+                          name: str) -> tuple[Path, Path]:
+    """``out/nnUNet_raw/<dataset>/dataset.json`` and ``out/nnUNet_preprocessed/<dataset>/dataset_fingerprint.json``;
+    returns the two roots."""
+    folder = dataset_folder_name(dataset_id, name)
+    raw, preprocessed = out / "nnUNet_raw", out / "nnUNet_preprocessed"
+    (raw / folder).mkdir(parents=True, exist_ok=True)
+    (preprocessed / folder).mkdir(parents=True, exist_ok=True)
+    description = {**dataset_json(training_cases, name), "overwrite_image_reader_writer": "SimpleITKIO",
+                   # nnU-Net lists the training files from this mapping; the planner opens none of them
+                   "dataset": {f"case{i:05d}": {"images": [f"imagesTr/case{i:05d}_{c:04d}.nii.gz" for c in range(4)],
+                                                "label": f"labelsTr/case{i:05d}.nii.gz"}
+                               for i in range(training_cases)}}
+    (raw / folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
+    (preprocessed / folder / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    return raw, preprocessed
+
+
+def nnunet_env(raw: Path, preprocessed: Path, results: Path | None = None) -> dict[str, str]:
+    """The environment nnU-Net reads its folders from."""
+    return {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(preprocessed),
+            "nnUNet_results": str(results or preprocessed.parent / "nnUNet_results")}
+
+
+def plan_federation(fingerprint: dict[str, Any], training_cases: int, out: Path | str, dataset_id: int, name: str,
+                    planner: str = "ExperimentPlanner", gpu_memory_gb: float = 8.0, timeout: float = 600.0
+                    ) -> dict[str, Any]:
+    """Run nnU-Net's planner on the merged fingerprint; returns (and leaves under ``out``) ``nnUNetPlans.json``."""
+    out = Path(out)
+    raw, preprocessed = write_planning_inputs(fingerprint, training_cases, out, dataset_id, name)
+    proc = subprocess.run([sys.executable, "-c", _PLAN, str(dataset_id), planner, str(gpu_memory_gb)],
+                          env=nnunet_env(raw, preprocessed), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    (out / "planner.log").write_text(proc.stdout + proc.stderr)
+    folder = preprocessed / dataset_folder_name(dataset_id, name)
+    plans = sorted(folder.glob("*Plans*.json"))
+    if proc.returncode != 0 or not plans:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+        raise MedfedError(f"nnU-Net's planner ({planner}) failed (exit {proc.returncode}); "
+                          f"{out / 'planner.log'}:\n{tail}")
+    return json.loads(plans[0].read_text())
