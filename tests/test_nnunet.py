@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -288,6 +289,13 @@ def test_nnunet_predictions_become_brats_submissions(small, tmp_path):
     for source_id, label in truth.items():
         written = np.asarray(nib.load(tmp_path / "submission" / f"{source_id}_seg.nii.gz").dataobj)
         assert np.array_equal(written, label)  # ET = 4 again, the case's own file name
+    # medfed score reads them as any submission: perfect predictions, Dice 1 on every region of every case
+    assert main(["score", str(small), f"nnunet={tmp_path / 'submission'}", "--out", str(tmp_path / "score"),
+                 "--resamples", "10", "--no-progress"]) == 0
+    cases = pd.read_csv(tmp_path / "score" / "per_case.csv")
+    dice = cases[cases["metric"].str.startswith("Dice_")]
+    assert set(dice["case_id"]) == {c.case_id for site in federation for c in site.reference_cases("test")}
+    assert (dice["status"] == "ok").all() and np.allclose(dice["value"], 1.0)
     missing = next(iter(predictions.iterdir()))
     missing.unlink()
     with pytest.raises(DataProblems) as err:
