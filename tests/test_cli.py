@@ -101,11 +101,11 @@ def test_run_validates_every_case_before_training(small_data, tmp_path, capsys):
 def test_validate_reports_problems_across_federations_at_once(small_data, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(small_data, broken)
-    nifti = sorted((broken / "brain_mri").rglob("*flair*.nii.gz"))[0]
+    nifti = min((broken / "brain_mri").rglob("*flair*.nii.gz"))
     nifti.write_bytes(nifti.read_bytes()[:200])
-    dicom = sorted((broken / "chest_xray").rglob("*.dcm"))[0]
+    dicom = min((broken / "chest_xray").rglob("*.dcm"))
     dicom.write_bytes(dicom.read_bytes()[:300])
-    stone = sorted(p for p in (broken / "ureteroscopy").rglob("*") if p.suffix.lower() in (".png", ".jpg"))[0]
+    stone = min(p for p in (broken / "ureteroscopy").rglob("*") if p.suffix.lower() in (".png", ".jpg"))
     stone.write_bytes(stone.read_bytes()[:100])
     configs = [str(broken / "sites" / f"{m}.yaml") for m in MODALITIES]
     assert main(["validate", *configs, "--no-progress", "--json", str(tmp_path / "p.json")]) == 1

@@ -54,8 +54,8 @@ def test_layouts_formats_and_dicom_headers(small):
     assert (data / "pediatric" / "NORMAL").is_dir() and (data / "pediatric" / "PNEUMONIA").is_dir()
     assert not (data / "pediatric" / "labels.csv").exists()
     assert sorted(p.suffix for p in (data / "adult-c" / "images").iterdir()) == [".png"] * 8
-    a = pydicom.dcmread(sorted((data / "adult-a" / "images").glob("*.dcm"))[0])
-    b = pydicom.dcmread(sorted((data / "adult-b" / "images").glob("*.dcm"))[0])
+    a = pydicom.dcmread(min((data / "adult-a" / "images").glob("*.dcm")))
+    b = pydicom.dcmread(min((data / "adult-b" / "images").glob("*.dcm")))
     assert (a.Modality, a.PhotometricInterpretation, float(a.RescaleSlope)) == ("DX", "MONOCHROME2", 1.0)
     assert (b.Modality, b.PhotometricInterpretation) == ("CR", "MONOCHROME1")
     assert (float(b.RescaleSlope), float(b.RescaleIntercept), b.BitsStored) == (2.0, -1024.0, 12)
@@ -114,10 +114,10 @@ def test_same_seed_same_files_other_seed_other_pixels(small, tmp_path):
     assert (again / "sites" / "chest_xray.yaml").read_bytes() == (small / "sites" / "chest_xray.yaml").read_bytes()
     other = tmp_path / "other"
     write_chest_xray(other, scale="small", seed=1)
-    first = sorted((small / "chest_xray" / "adult-c" / "images").glob("*.png"))[0]
+    first = min((small / "chest_xray" / "adult-c" / "images").glob("*.png"))
     second = other / "chest_xray" / "adult-c" / "images" / first.name
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
-    a0 = pydicom.dcmread(sorted((small / "chest_xray" / "adult-a" / "images").glob("*.dcm"))[0])
+    a0 = pydicom.dcmread(min((small / "chest_xray" / "adult-a" / "images").glob("*.dcm")))
     a1 = pydicom.dcmread(other / "chest_xray" / "adult-a" / "images" / "cxr00000.dcm")
     assert a0.SOPInstanceUID != a1.SOPInstanceUID and a0.PixelData != a1.PixelData
 

@@ -207,7 +207,7 @@ def run_experiment(
         raise ConfigError("\n".join(refusals))
     out = Path(out_root) / config.name
     resuming = _prepare_out(out, resolved_config(config, fed_file), resume)
-    _write_sites(out / "sites.csv", federation, config.site_conditions)
+    write_sites(out / "sites.csv", federation, config.site_conditions)
     if partition is not None:
         write_partition(out / "partition.csv", partition)
 
@@ -279,7 +279,7 @@ def describe_conditions(spec: SiteConditions) -> str:
     return "; ".join(parts) or "none"
 
 
-def _write_sites(path: Path, federation: Federation, conditions: Mapping[str, SiteConditions]) -> None:
+def write_sites(path: Path, federation: Federation, conditions: Mapping[str, SiteConditions]) -> None:
     """``sites.csv`` (counts per split) and ``sites.json`` (whole summaries, with simulated conditions); all
     counts already suppressed."""
     rows, summaries = [], []

@@ -82,11 +82,13 @@ def _train_datasets(task: Task, sites: Sequence[Site], pooled: bool) -> dict[str
     return datasets
 
 
-def _jsonable(value: Any) -> Any:
+def log_record(value: Any) -> Any:
+    """A round-log record as JSON can hold it: keys as text, numpy numbers as Python ones, floats rounded to
+    6 decimals, non-finite floats as ``None`` (the in-process and Flower engines write the same records)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): log_record(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [log_record(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return None if not np.isfinite(value) else round(float(value), 6)
     if isinstance(value, np.integer):
@@ -201,7 +203,7 @@ class MethodRunner:
             if every and (rnd % every == 0 or rnd == total) and self.eval_datasets is not None:
                 record["eval"] = self._evaluate_round(model, global_weights, state)
             record["seconds"] = round(time.perf_counter() - began, 3)
-            record = _jsonable(record)
+            record = log_record(record)
             log.append(record)
             save_checkpoint(checkpoint, {"method": self.name, "clients": self.clients, "round": rnd,
                                          "global": global_weights, "state": state, "log": log})
@@ -295,4 +297,4 @@ class MethodRunner:
 
     def _append_log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / ROUNDS_LOG).open("a") as handle:
-            handle.write(json.dumps(_jsonable(record)) + "\n")
+            handle.write(json.dumps(log_record(record)) + "\n")

@@ -208,7 +208,7 @@ class Site(ABC):
         for record in iterator:
             try:
                 problems.extend(self._check_case(pd.Series(record)))
-            except Exception as err:  # a reader bug must not hide the other cases' problems
+            except Exception as err:  # noqa: BLE001 - a reader bug must not hide the other cases' problems
                 problems.append(self.problem(f"could not be checked: {type(err).__name__}: {err}", record["case_id"]))
         return problems
 

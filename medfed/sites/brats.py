@@ -418,8 +418,8 @@ def source_sites(
 ) -> tuple[list[Site], list[Problem]]:
     """The sites of one source: one per partition, or one for the whole root without a partition CSV."""
     root = resolve_path(options.root, config_dir)
-    kwargs: dict[str, Any] = dict(federation=config.name, split=config.split, salt=config.id_salt,
-                                  min_count=config.min_count)
+    kwargs: dict[str, Any] = {"federation": config.name, "split": config.split, "salt": config.id_salt,
+                              "min_count": config.min_count}
     if not root.is_dir():
         return [], [Problem(site=options.name, reason="data folder (root) not found; no site formed", file=str(root))]
     folders = subject_folders(root)

@@ -130,7 +130,7 @@ def _read(path: Path, stop_before_pixels: bool) -> Dataset:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError:
         raise DicomReadError("file not found") from None
-    except Exception as err:  # pydicom raises many types for corrupt input; messages quote no values
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for corrupt input; no values quoted
         raise DicomReadError(f"{type(err).__name__}: {err}") from None
     truncated = _truncation(ds, None if stop_before_pixels else path.stat().st_size)
     if truncated:
@@ -171,7 +171,7 @@ def read_dicom_image(path: Path | str) -> DicomImage:
         try:
             stored = ds.pixel_array
             pixels = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - pixel handlers raise many types for undecodable data
             raise DicomReadError(f"pixel data cannot be decoded: {type(err).__name__}: {err}") from None
         bits = int(ds.get("BitsStored") or ds.BitsAllocated)
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1

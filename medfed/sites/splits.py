@@ -33,8 +33,8 @@ def assign_splits(
     for stratum in sorted(keys.unique()):
         members = ids[keys == stratum].sort_values(kind="stable")
         order = members.index.to_numpy()[rng.permutation(len(members))]
-        n_test = int(round(len(order) * test_fraction))
-        n_val = int(round(len(order) * val_fraction))
+        n_test = round(len(order) * test_fraction)
+        n_val = round(len(order) * val_fraction)
         result.loc[order[:n_test]] = "test"
         result.loc[order[n_test : n_test + n_val]] = "val"
     return result

@@ -292,7 +292,7 @@ def _write_png(path: Path, signal: np.ndarray) -> None:
 def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
     """Render and store every case of one site under ``site_dir``."""
     height = SIZES[scale]
-    shape = (height, int(round(height * spec.aspect / 8)) * 8)
+    shape = (height, round(height * spec.aspect / 8) * 8)
     rows = []
     for case in draw_cases(spec, spec.cases[scale], seed):
         rng = rng_for(seed, MODALITY, spec.name, case.index, "pixels")

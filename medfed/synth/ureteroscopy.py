@@ -105,7 +105,7 @@ class SiteSpec:
 
     def count(self, scale: str, cls: str) -> int:
         """Images of one class in one view."""
-        return max(1, int(round(self.per_class_view[scale] * self.class_weights[CLASSES.index(cls)])))
+        return max(1, round(self.per_class_view[scale] * self.class_weights[CLASSES.index(cls)]))
 
 
 SITES: tuple[SiteSpec, ...] = (

@@ -80,9 +80,15 @@ from medfed.fl.config import (
     load_experiment,
 )
 from medfed.fl.evaluation import METRIC_COLUMNS, metric_table, metrics_by_site
-from medfed.fl.experiment import _write_sites, resolved_config
+from medfed.fl.experiment import resolved_config, write_sites
 from medfed.fl.names import OWN_MODEL, POOLED
-from medfed.fl.runner import CHECKPOINT, ROUNDS_LOG, MethodResult, RunStopped, _jsonable
+from medfed.fl.runner import (
+    CHECKPOINT,
+    ROUNDS_LOG,
+    MethodResult,
+    RunStopped,
+    log_record,
+)
 from medfed.fl.sampling import available_sites, sample_sites
 from medfed.fl.strategies import Strategy as MedfedMethod
 from medfed.fl.strategies.local_only import local_key
@@ -343,7 +349,7 @@ class MedfedStrategy(Strategy):
 
     def _append_log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / ROUNDS_LOG).open("a") as handle:
-            handle.write(json.dumps(_jsonable(record)) + "\n")
+            handle.write(json.dumps(log_record(record)) + "\n")
 
     def _budget(self) -> tuple[int, int | None]:
         steps = self.training.local_steps
@@ -544,7 +550,7 @@ class MedfedStrategy(Strategy):
     def _finish(self, current: _Round) -> None:
         record = current.record
         record["seconds"] = round(time.perf_counter() - current.began, 3)
-        record = _jsonable(record)
+        record = log_record(record)
         self.log.append(record)
         self._save(current.number)
         self._append_log(record)
@@ -721,7 +727,7 @@ def run_flower_method(grid: Grid, settings: ServerSettings) -> FlowerRun:
         min_nodes=settings.min_nodes, init=spec.init, per_tensor=settings.per_tensor,
         round_timeout=settings.round_timeout, query_timeout=settings.query_timeout)
     strategy.connect(grid, settings.connect_timeout)
-    _write_sites(out / "sites.csv", [_RemoteSite(strategy.site_info[s]) for s in strategy.clients if s in strategy.site_info],
+    write_sites(out / "sites.csv", [_RemoteSite(strategy.site_info[s]) for s in strategy.clients if s in strategy.site_info],
                  {})  # type: ignore[arg-type]
     rounds = strategy.begin(settings.resume)
     run = FlowerRun(config.name, label, out, None)
