@@ -20,8 +20,9 @@ import yaml
 
 pytest.importorskip("nnunetv2", reason="nnU-Net is the optional extra medfed[nnunet]")
 
+from medfed.challenge.predict import write_predictions
 from medfed.cli import main
-from medfed.errors import ConfigError, DataProblems
+from medfed.errors import ConfigError, DataProblems, MedfedError
 from medfed.fl.experiment import run_experiment
 from medfed.integrations.nnunet import commands
 from medfed.integrations.nnunet.export import (
@@ -31,6 +32,8 @@ from medfed.integrations.nnunet.export import (
     raw_cases,
 )
 from medfed.integrations.nnunet.fingerprint import (
+    ChannelMoments,
+    SiteFingerprint,
     federated_fingerprint,
     histogram_edges,
     site_fingerprint,
@@ -45,6 +48,8 @@ from medfed.integrations.nnunet.network import (
 from medfed.integrations.nnunet.planning import nnunet_env, plan_federation
 from medfed.sites import load_federation
 from medfed.synth import write_federation
+from medfed.tasks import build_task
+from medfed.tasks.segmentation import SegmentationConfig, _ResampleTo
 
 DATASET = "Dataset501_BraTSsmall"
 TEMPLATE = Path(__file__).resolve().parents[1] / "tasks" / "nnunet_brain_mri.yaml"
@@ -138,6 +143,13 @@ def test_per_site_export_writes_one_dataset_per_site(small, tmp_path):
         assert json.loads((dataset.folder / "dataset.json").read_text())["numTraining"] == dataset.training
 
 
+def test_an_export_onto_existing_dataset_ids_writes_nothing(small, tmp_path):
+    (tmp_path / "Dataset511_Other").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="Dataset511_Other already hold"):
+        export_federation(list(load_federation(small)), tmp_path, 510, "Site", per_site=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset511_Other"]  # site 1 was not written either
+
+
 def test_bad_export_requests_list_every_problem(small, tmp_path):
     chest = write_federation("chest_xray", tmp_path / "chest", scale="small", seed=0)
     sites = [*load_federation(small), *load_federation(chest)]
@@ -209,13 +221,41 @@ def test_merged_fingerprint_equals_the_pooled_one(small, nnunet_pooled):
             assert abs(got[key] - sampled[key]) <= 0.01 * want["std"], (c, key, got[key], sampled[key])
 
 
-def test_a_site_fingerprint_holds_statistics_only(small):
+def test_a_site_fingerprint_holds_site_level_intensity_statistics_only(small):
     site = load_federation(small)[0]
-    text = json.dumps(site_fingerprint(site).to_json())
+    message = site_fingerprint(site).to_json()
+    text = json.dumps(message, allow_nan=False)  # strict JSON
     assert not any(str(case) in text for case in site.cases["case_id"])
     assert not any(str(s) in text for s in site._table["_source_id"])
-    assert set(site_fingerprint(site).to_json()["cases"][0]) == {
-        "spacing", "shape_after_crop", "relative_size_after_cropping", "count", "mean", "var", "min", "max"}
+    # per case only geometry (nnU-Net's medians need it); no case's tumour size or intensities
+    assert {key for case in message["cases"] for key in case} == {
+        "spacing", "shape_after_crop", "relative_size_after_cropping"}
+    assert len(message["channels"]) == 4
+    assert set(message["channels"][0]) == {"cases", "mean", "m2", "min", "max"}
+    assert SiteFingerprint.from_json(json.loads(text)) == site_fingerprint(site)
+
+
+def test_a_federation_without_foreground_is_a_clear_error():
+    empty = SiteFingerprint("a", [ChannelMoments() for _ in range(4)], [])
+    with pytest.raises(MedfedError, match="no training case of any site has foreground"):
+        histogram_edges([empty])
+    with pytest.raises(ConfigError, match="bins must be at least 1"):
+        histogram_edges([empty], bins=0)
+
+
+def test_channel_moments_merge_to_the_mixture_moments():
+    rng = np.random.default_rng(0)
+    cases = [rng.normal(m, s, n) for m, s, n in ((0, 1, 50), (5, 2, 7), (-3, 0.5, 300), (1, 1, 1))]
+    sites = [ChannelMoments(), ChannelMoments()]
+    for i, values in enumerate(cases):
+        sites[i % 2].add_case(values)
+    k = sum(m.cases for m in sites)
+    mean = sum(m.cases * m.mean for m in sites) / k
+    var = sum(m.m2 + m.cases * (m.mean - mean) ** 2 for m in sites) / k
+    means, variances = np.array([v.mean() for v in cases]), np.array([v.var() for v in cases])
+    assert mean == pytest.approx(means.mean(), rel=1e-13)  # each case weighs 1, whatever its size
+    assert var == pytest.approx(np.mean(variances + (means - means.mean()) ** 2), rel=1e-13)
+    assert (min(m.min for m in sites), max(m.max for m in sites)) == (min(map(np.min, cases)), max(map(np.max, cases)))
 
 
 def test_federated_plans_match_plans_from_the_pooled_fingerprint(small, nnunet_pooled, tmp_path):
@@ -234,6 +274,55 @@ def test_federated_plans_match_plans_from_the_pooled_fingerprint(small, nnunet_p
 def test_deep_supervision_weights_follow_nnunet():
     # 5 stages -> 4 decoder outputs weighted 1, 1/2, 1/4, 0 (the lowest resolution unused), normalised by 1.75
     assert np.allclose(deep_supervision_weights(5), [1 / 1.75, 0.5 / 1.75, 0.25 / 1.75, 0])
+
+
+@pytest.mark.parametrize("forward", [[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0]])
+def test_medfed_axes_map_to_nnunets_network_axes(small, tmp_path, forward):
+    """A medfed (X, Y, Z) volume permuted for the network equals nnU-Net's own view of the same NIfTI case
+    (Z, Y, X, then transpose_forward); patch and spacing map the same way."""
+    fingerprint = federated_fingerprint(list(load_federation(small)), bins=100)
+    plans = plan_federation(fingerprint, len(fingerprint["spacings"]), tmp_path, 501, "BraTSsmall")
+    plans["transpose_forward"] = forward
+    plans["transpose_backward"] = [int(i) for i in np.argsort(forward)]
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    plan = NnUNetPlan.load(tmp_path / "plans.json")
+    model = build_nnunet_network(plan, 4, 3, seed=0)
+    volume = np.random.default_rng(0).random((4, 5, 6, 7)).astype(np.float32)  # (C, X, Y, Z)
+    nnunet_view = to_nnunet_axes(volume).transpose(0, *[t + 1 for t in forward])
+    assert torch.equal(torch.from_numpy(volume)[None].permute(*model.forward_order), torch.from_numpy(nnunet_view)[None])
+    config = plans["configurations"]["3d_fullres"]
+    assert list(np.zeros(plan.patch_size)[None, None].transpose(*model.forward_order).shape[2:]) == config["patch_size"]
+    assert [plan.spacing[a] for a in plan.network_axes] == pytest.approx(config["spacing"])
+
+
+def test_resampling_to_the_plans_spacing(tmp_path):
+    item = {"image": torch.rand(4, 10, 12, 8), "label": (torch.rand(3, 10, 12, 8) > 0.5).float(),
+            "spacing": np.array([2.0, 1.0, 3.0])}
+    train = _ResampleTo([1.0, 2.0, 3.0], with_label=True)(dict(item))
+    assert train["image"].shape == (4, 20, 6, 8) and train["label"].shape == (3, 20, 6, 8)
+    assert set(torch.unique(train["label"]).tolist()) <= {0.0, 1.0} and list(train["spacing"]) == [1.0, 2.0, 3.0]
+    evaluation = _ResampleTo([1.0, 2.0, 3.0], with_label=False)(dict(item))
+    assert evaluation["image"].shape == (4, 20, 6, 8)
+    assert evaluation["label"].shape == (3, 10, 12, 8) and list(evaluation["spacing"]) == [2.0, 1.0, 3.0]
+
+
+def test_a_patch_the_network_cannot_take_is_refused(small, tmp_path):
+    fingerprint = federated_fingerprint(list(load_federation(small)), bins=100)
+    plans = plan_federation(fingerprint, len(fingerprint["spacings"]), tmp_path, 501, "BraTSsmall")
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    plan = NnUNetPlan.load(tmp_path / "plans.json")
+    assert plan.patch_problems(plan.patch_size) == []
+    odd = [p + 1 for p in plan.patch_size]
+    with pytest.raises(ConfigError, match="must be 3 sides, each a multiple of"):
+        build_task(SegmentationConfig(model={"name": "nnunet", "plans": str(tmp_path / "plans.json")}, patch_size=odd))
+
+
+def test_replanning_into_the_same_folder_returns_the_new_planners_plans(small, tmp_path):
+    first = json.loads(commands.plan(small, tmp_path, 501, "BraTSsmall", progress=False).read_text())
+    second = json.loads(commands.plan(small, tmp_path, 501, "BraTSsmall", planner="nnUNetPlannerResEncM",
+                                      progress=False).read_text())
+    assert first["plans_name"] == "nnUNetPlans" and second["plans_name"] == "nnUNetResEncUNetMPlans"
+    assert "ResidualEncoderUNet" in second["configurations"]["3d_fullres"]["architecture"]["network_class_name"]
 
 
 def test_the_network_takes_medfed_axes_and_its_loss_is_finite(small, tmp_path):
@@ -272,6 +361,14 @@ def test_the_planned_network_trains_federated_on_the_demo_federation_and_its_los
     first, last = (np.mean(list(r["train_loss"].values())) for r in (log[0], log[-1]))
     assert last < first, (first, last)
     assert "dice_mean" in (result.out / "metrics.csv").read_text()  # evaluated and reported as usual
+    # medfed predict: the logits come back from the plans' spacing to each case's own grid
+    written = write_predictions(config, "fedavg", tmp_path / "submission", reports=tmp_path / "out", progress=False)
+    federation = load_federation(demo)
+    assert written == sum(len(site.split("test")) for site in federation)
+    for site in federation:
+        for case in site.reference_cases("test"):
+            predicted = nib.load(tmp_path / "submission" / f"{case.source_id}_seg.nii.gz")
+            assert predicted.shape == case.label.shape and np.allclose(predicted.affine, case.affine)
 
 
 # ----------------------------------------------------------------------------- predictions back to the sites
@@ -308,3 +405,12 @@ def test_nnunet_predictions_become_brats_submissions(small, tmp_path):
         1 for _ in load_federation(small)[other].reference_cases("test"))  # one site's predictions alone
     with pytest.raises(ConfigError, match="no site"):
         commands.import_predictions(small, predictions, tmp_path / "x", only=["nowhere"])
+    # a truncated file and a probability map: each named, with the others still written
+    (kept,) = predictions.iterdir()
+    kept.write_bytes(kept.read_bytes()[:60])
+    nib.save(nib.Nifti1Image(np.full((32, 32, 32), 0.7, dtype=np.float32), np.eye(4)), missing)
+    with pytest.raises(DataProblems) as err:
+        commands.import_predictions(small, predictions, tmp_path / "third")
+    reasons = [p.reason for p in err.value.problems]
+    assert len(reasons) == 2
+    assert any("non-integer" in r for r in reasons) and any("unreadable NIfTI" in r for r in reasons)

@@ -68,9 +68,10 @@ def write_predictions(
                    disable=None if progress else True)
         with torch.no_grad():
             for batch in bar:
-                regions = (torch.sigmoid(task._logits(model, batch["image"])) >= task.config.threshold).numpy()
+                regions = (torch.sigmoid(task.label_grid_logits(model, batch)) >= task.config.threshold).numpy()
                 for case_id, case_regions in zip(batch["case_id"], regions, strict=True):
                     shape = [int(n) for n in str(shapes[case_id]).split("x")]
+                    # logits are on the label's grid (an nnU-Net input resampled to the plans' spacing comes back);
                     # the eval transform centre-pads (DivisiblePad) and centre-crops/pads (spatial_size): the same
                     # centred resize back to the case's shape puts each voxel where it came from
                     restored = np.asarray(ResizeWithPadOrCrop(shape)(case_regions.astype(np.uint8))) > 0

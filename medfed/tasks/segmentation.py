@@ -66,7 +66,10 @@ def _nnunet_plan(config: SegmentationConfig) -> Any:
         from medfed.integrations.nnunet.network import NnUNetPlan
     except ImportError as err:
         raise ConfigError(f"task model nnunet needs nnU-Net: pip install 'medfed[nnunet]' ({err})") from None
-    return NnUNetPlan.load(config.model["plans"], config.model.get("configuration", "3d_fullres"))
+    plan = NnUNetPlan.load(config.model["plans"], config.model.get("configuration", "3d_fullres"))
+    if config.patch_size and (problems := plan.patch_problems(config.patch_size)):
+        raise ConfigError("; ".join(problems))
+    return plan
 
 
 class _SpacingArray:
@@ -190,15 +193,20 @@ class SegmentationTask(Task):
             )
         return model(image)
 
+    def label_grid_logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits of ``batch["image"]`` on the grid of ``batch["label"]``: an input resampled to the nnU-Net
+        plans' spacing is predicted there and its logits resampled back (trilinear), as nnU-Net does."""
+        logits = self._logits(model, batch["image"])
+        if logits.shape[2:] != batch["label"].shape[2:]:
+            logits = F.interpolate(logits, size=batch["label"].shape[2:], mode="trilinear", align_corners=False)
+        return logits
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset) -> pd.DataFrame:
         model.eval()
         rows: list[dict[str, Any]] = []
         for batch in self.batches(dataset):
-            logits = self._logits(model, batch["image"])
-            if logits.shape[2:] != batch["label"].shape[2:]:  # resampled input: back to the case's own grid
-                logits = F.interpolate(logits, size=batch["label"].shape[2:], mode="trilinear", align_corners=False)
-            probabilities = torch.sigmoid(logits)
+            probabilities = torch.sigmoid(self.label_grid_logits(model, batch))
             pred = (probabilities >= self.config.threshold).numpy()
             target = batch["label"].numpy() > 0.5
             scores = dice(pred, target)

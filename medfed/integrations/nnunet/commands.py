@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from medfed.errors import ConfigError, DataProblems, MedfedError, Problem
@@ -20,6 +19,7 @@ from medfed.integrations.nnunet.export import (
 from medfed.integrations.nnunet.fingerprint import DEFAULT_BINS, federated_fingerprint
 from medfed.integrations.nnunet.planning import plan_federation
 from medfed.sites import load_federation
+from medfed.sites.nifti_io import UnreadableNifti, read_volume
 
 
 def export(sites: Path, out: Path, dataset_id: int, name: str, per_site: bool, progress: bool
@@ -30,7 +30,7 @@ def export(sites: Path, out: Path, dataset_id: int, name: str, per_site: bool, p
 
 
 def plan(sites: Path, out: Path, dataset_id: int, name: str, planner: str = "ExperimentPlanner",
-         gpu_memory_gb: float = 8.0, bins: int = DEFAULT_BINS, progress: bool = True) -> Path:
+         gpu_memory_gb: float | None = None, bins: int = DEFAULT_BINS, progress: bool = True) -> Path:
     """``medfed nnunet plan``: every site's fingerprint (statistics only), merged; nnU-Net's plans from it.
 
     Writes ``out/<dataset>/dataset_fingerprint.json`` (merged), ``out/<dataset>/nnUNetPlans.json`` (or the
@@ -73,13 +73,19 @@ def import_predictions(sites: Path, predictions: Path, out: Path, split: str = "
             continue
         for case in site.reference_cases(split):
             path = predictions / f"{case.case_id}.nii.gz"
-            try:
-                label = nnunet_to_brats(np.rint(np.asarray(nib.load(path).dataobj)).astype(np.int64))
-                site.write_label_map(case.case_id, label, out)
-                written += 1
-            except FileNotFoundError:
+            if not path.is_file():
                 problems.append(Problem(site=site.name, case=case.case_id, reason="no prediction", file=str(path)))
-            except (ValueError, MedfedError, OSError, nib.filebasedimages.ImageFileError) as err:
+                continue
+            try:
+                values, _ = read_volume(path)
+                if not np.all(np.isfinite(values)) or np.any(values != np.rint(values)):
+                    raise ValueError("non-integer or non-finite voxels: a label map is expected, not probabilities")
+                site.write_label_map(case.case_id, nnunet_to_brats(values.astype(np.int64)), out)
+                written += 1
+            except UnreadableNifti as err:
+                problems.append(Problem(site=site.name, case=case.case_id, reason=f"unreadable NIfTI ({err})",
+                                        file=str(path)))
+            except (ValueError, MedfedError, OSError) as err:
                 problems.append(Problem(site=site.name, case=case.case_id, reason=str(err), file=str(path)))
     if problems:
         raise DataProblems(problems)

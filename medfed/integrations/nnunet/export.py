@@ -187,10 +187,19 @@ def export_federation(sites: Sequence[Site], out: Path | str, dataset_id: int, n
     if problems:
         raise DataProblems(problems)
     out = Path(out)
-    if per_site:
-        return [write_dataset([site], out, dataset_id + i, f"{name}_{_plain(site.name)}", progress)
-                for i, site in enumerate(sites)]
-    return [write_dataset(list(sites), out, dataset_id, name, progress)]
+    targets = ([(dataset_id + i, f"{name}_{_plain(site.name)}", [site]) for i, site in enumerate(sites)] if per_site
+               else [(dataset_id, name, list(sites))])
+    clashes = []
+    for target_id, target_name, _ in targets:  # nnU-Net needs one folder per id in its raw folder
+        wanted = dataset_folder_name(target_id, target_name)
+        for existing in sorted(out.glob(f"Dataset{target_id:03d}_*")):
+            if existing.name != wanted or any(existing.iterdir()):
+                clashes.append(str(existing))
+    if clashes:
+        raise ConfigError(f"nnunet export: {', '.join(clashes)} already hold these dataset ids; choose other ids "
+                          "(--dataset-id) or another --out. Nothing was written")
+    return [write_dataset(target_sites, out, target_id, target_name, progress)
+            for target_id, target_name, target_sites in targets]
 
 
 def _plain(site_name: str) -> str:

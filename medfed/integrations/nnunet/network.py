@@ -5,7 +5,7 @@ The network is nnU-Net's own (``get_network_from_plans``: the plans' ``architect
 region loss (``DC_and_BCE_loss``: soft Dice with sigmoid over the region channels + binary cross-entropy,
 the plans' ``batch_dice``) under its deep supervision (``DeepSupervisionWrapper``: the decoder's output at
 scale i weighs 2^-i, the lowest resolution 0, weights normalised to sum 1; targets reduced to each scale by
-nearest-neighbour resampling, as nnU-Net's ``DownsampleSegForDSTransform``), following Isensee et al.,
+``nearest-exact`` resampling, as batchgeneratorsv2's ``DownsampleSegForDSTransform``), following Isensee et al.,
 Nature Methods 2021. Output channels are medfed's BraTS regions ``[TC, WT, ET]``.
 
 Axes: nnU-Net plans are in its array order (Z, Y, X for NIfTI, then ``transpose_forward``); medfed's volumes
@@ -16,6 +16,7 @@ are nibabel's (X, Y, Z). :class:`NnUNetNetwork` permutes on the way in and back 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,27 @@ class NnUNetPlan:
         if any(s != "ZScoreNormalization" for s in schemes):
             out.append(f"{self.source}: normalisation {schemes}; medfed's BraTS sites z-score each channel over "
                        "the brain (nnU-Net's ZScoreNormalization), other schemes are not applied")
+        masks = list(self.manager.use_mask_for_norm)
+        if not all(masks):
+            out.append(f"{self.source}: use_mask_for_norm {masks}; medfed's BraTS sites z-score over the brain "
+                       "(the nonzero voxels), as nnU-Net does only when use_mask_for_norm is true")
         if len(schemes) != in_channels:
             out.append(f"{self.source}: the plans' dataset has {len(schemes)} channels, the task {in_channels}")
         return out
+
+    @property
+    def divisor(self) -> list[int]:
+        """What each side of a network input must be a multiple of (the product of the pooling strides), in
+        medfed's (X, Y, Z) order."""
+        strides = np.prod(np.asarray(self.manager.pool_op_kernel_sizes, dtype=np.int64), axis=0)
+        return [int(v) for v in self._to_medfed(list(strides))]
+
+    def patch_problems(self, patch: Sequence[int]) -> list[str]:
+        """Why ``patch`` (medfed order) cannot pass through the plans' network (empty: it can)."""
+        if len(patch) != 3 or any(p % d for p, d in zip(patch, self.divisor)):
+            return [(f"task patch_size {list(patch)} must be 3 sides, each a multiple of {self.divisor} (the plans' "
+                    "pooling strides, X, Y, Z); leave it unset to use the plans' patch size")]
+        return []
 
 
 def deep_supervision_weights(stages: int) -> np.ndarray:
@@ -159,5 +178,5 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(outputs, torch.Tensor):  # evaluation mode: the full-resolution output alone
             return self.loss.loss(outputs, target)
         targets = [target if o.shape[2:] == target.shape[2:] else
-                   F.interpolate(target, size=o.shape[2:], mode="nearest") for o in outputs]
+                   F.interpolate(target, size=o.shape[2:], mode="nearest-exact") for o in outputs]
         return self.loss(outputs, targets)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,10 @@ from medfed.integrations.nnunet.export import dataset_folder_name, dataset_json
 _PLAN = """
 import json, sys
 from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
-dataset_id, planner, gpu = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-plan_experiments([dataset_id], planner, gpu_memory_target_in_gb=gpu)
+dataset_id, planner = int(sys.argv[1]), sys.argv[2]
+gpu = float(sys.argv[3]) if sys.argv[3] != "default" else None
+identifier = plan_experiments([dataset_id], planner, gpu_memory_target_in_gb=gpu)
+print("MEDFED_PLANS_IDENTIFIER=" + json.dumps(identifier))
 """
 
 
@@ -55,19 +58,32 @@ def nnunet_env(raw: Path, preprocessed: Path, results: Path | None = None) -> di
 
 
 def plan_federation(fingerprint: dict[str, Any], training_cases: int, out: Path | str, dataset_id: int, name: str,
-                    planner: str = "ExperimentPlanner", gpu_memory_gb: float = 8.0, timeout: float = 600.0
+                    planner: str = "ExperimentPlanner", gpu_memory_gb: float | None = None, timeout: float = 600.0
                     ) -> dict[str, Any]:
-    """Run nnU-Net's planner on the merged fingerprint; returns (and leaves under ``out``) ``nnUNetPlans.json``."""
+    """Run nnU-Net's planner on the merged fingerprint; returns (and leaves under ``out``) its plans.
+
+    The dataset's planning folders under ``out`` are emptied first (nnU-Net merges new plans into an existing
+    plans file, and one planner's file could be mistaken for another's); ``gpu_memory_gb`` ``None``
+    keeps the planner's own target (8 GB for ``ExperimentPlanner``, 24 / 40 GB for the ResEnc L / XL presets).
+    """
     out = Path(out)
+    for root in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.rmtree(out / root / dataset_folder_name(dataset_id, name), ignore_errors=True)
     raw, preprocessed = write_planning_inputs(fingerprint, training_cases, out, dataset_id, name)
-    proc = subprocess.run([sys.executable, "-c", _PLAN, str(dataset_id), planner, str(gpu_memory_gb)],
-                          env=nnunet_env(raw, preprocessed), capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    (out / "planner.log").write_text(proc.stdout + proc.stderr)
-    folder = preprocessed / dataset_folder_name(dataset_id, name)
-    plans = sorted(folder.glob("*Plans*.json"))
-    if proc.returncode != 0 or not plans:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+    command = [sys.executable, "-c", _PLAN, str(dataset_id), planner,
+               "default" if gpu_memory_gb is None else str(gpu_memory_gb)]
+    try:
+        proc = subprocess.run(command, env=nnunet_env(raw, preprocessed), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise MedfedError(f"nnU-Net's planner ({planner}) did not finish within {timeout:.0f} s") from None
+    output = proc.stdout + proc.stderr
+    (out / "planner.log").write_text(output)
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("MEDFED_PLANS_IDENTIFIER=")]
+    plans = (preprocessed / dataset_folder_name(dataset_id, name) /
+             f"{json.loads(marker[-1].split('=', 1)[1])}.json") if marker else None
+    if proc.returncode != 0 or plans is None or not plans.is_file():
+        tail = "\n".join(output.strip().splitlines()[-8:])
         raise MedfedError(f"nnU-Net's planner ({planner}) failed (exit {proc.returncode}); "
                           f"{out / 'planner.log'}:\n{tail}")
-    return json.loads(plans[0].read_text())
+    return json.loads(plans.read_text())
