@@ -495,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("out", type=Path, help="folder to write ca.crt, ca.key, server.pem, server.key, keys/")
     certs.add_argument("--host", action="append", required=True,
                        help="the SuperLink's host name or IP address as SuperNodes dial it (repeatable)")
-    certs.add_argument("--node", action="append", default=[], help="a hospital's node name (repeatable)")
+    certs.add_argument("--node", action="append", default=[],
+                       help="also make this node's key pair (repeatable; for trials: in production each hospital "
+                            "runs `ssh-keygen -t ecdsa -b 384` itself and sends only the .pub)")
     certs.add_argument("--days", type=int, default=3650, help="validity of the certificates (default 3650)")
     certs.add_argument("--overwrite", action="store_true", help="replace existing files (a new CA for everyone)")
     certs.set_defaults(func=cmd_flower_certs)
@@ -516,14 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     nn_plan.add_argument("--out", type=Path, default=Path("reports") / "nnunet", help="folder for the plans")
     nn_plan.add_argument("--planner", default="ExperimentPlanner",
                          help="nnU-Net planner class (ExperimentPlanner, nnUNetPlannerResEncM, ...)")
-    nn_plan.add_argument("--gpu-memory", type=float, default=8.0, help="GPU memory target of the planner (GB)")
+    nn_plan.add_argument("--gpu-memory", type=float, help="GPU memory target of the planner in GB (default: the "
+                                                         "planner's own, 8 for ExperimentPlanner)")
     nn_plan.add_argument("--bins", type=int, default=10_000, help="intensity histogram bins per channel")
     nn_import = nn_sub.add_parser("import-predictions", help="nnU-Net predicted label maps -> BraTS submission "
                                                            "files for medfed score")
     nn_import.add_argument("sites", type=Path)
     nn_import.add_argument("predictions", type=Path, help="folder of <case id>.nii.gz from nnUNetv2_predict")
     nn_import.add_argument("--out", type=Path, required=True, help="submission folder to write")
-    nn_import.add_argument("--split", default="test")
+    nn_import.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
     nn_import.add_argument("--site", action="append", help="only this site's cases (repeatable; default all)")
     nnunet.set_defaults(func=cmd_nnunet)
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 import threading
 import time
 from pathlib import Path
@@ -57,10 +58,12 @@ def ray_ready() -> None:
 
 
 class LoopbackWatch:
-    """Records every listening and every connected address of this process's descendants while it runs.
+    """Records every listening (TCP) or bound (UDP) and every connected address of this process's descendants
+    while it runs.
 
     ``outside()`` lists the ones that are not loopback (127.0.0.0/8, ::1, or IPv4-mapped loopback): the
-    Flower tests must neither listen on nor talk to any other interface.
+    Flower tests must neither listen on nor talk to any other interface. A failure of the sampling thread is
+    raised when the watch ends, so a broken watch cannot pass silently.
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -69,6 +72,7 @@ class LoopbackWatch:
         self.remote: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._error: BaseException | None = None
 
     def _sample(self) -> None:
         for proc in psutil.Process().children(recursive=True):
@@ -77,15 +81,18 @@ class LoopbackWatch:
             except psutil.Error:
                 continue
             for c in connections:
-                if c.status == psutil.CONN_LISTEN:
-                    self.listening.add(c.laddr.ip)
-                elif c.raddr:
+                if c.raddr:
                     self.remote.add(c.raddr.ip)
+                elif c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and c.laddr):
+                    self.listening.add(c.laddr.ip)
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval)
+        try:
+            while not self._stop.is_set():
+                self._sample()
+                time.sleep(self.interval)
+        except BaseException as err:  # noqa: BLE001 - re-raised in __exit__
+            self._error = err
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -94,6 +101,8 @@ class LoopbackWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("LoopbackWatch stopped sampling") from self._error
 
     @staticmethod
     def _is_loopback(address: str) -> bool:

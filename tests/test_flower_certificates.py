@@ -27,8 +27,10 @@ def test_the_server_certificate_is_signed_by_the_ca_for_the_named_hosts(tmp_path
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
-    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.1.2.3")]
+    # the names asked for, and loopback: the SuperLink's own SuperExec dials it on 127.0.0.1 over TLS
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org", "localhost"]
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(a) for a in ("10.1.2.3", "127.0.0.1", "::1")]
+    assert files.ca_certificate.is_absolute()  # flwr's connection wants an absolute root-certificates path
     key = serialization.load_pem_private_key(files.server_key.read_bytes(), password=None)
     assert key.public_key().public_numbers() == server.public_key().public_numbers()  # the key matches
 
@@ -48,18 +50,24 @@ def test_node_keys_are_p384_openssh_pairs_and_private_files_are_owner_only(tmp_p
 def test_existing_credentials_are_kept_unless_overwrite(tmp_path):
     first = write_credentials(tmp_path, ["127.0.0.1"], ["a"])
     ca = first.ca_certificate.read_bytes()
+    first.ca_key.chmod(0o644)  # someone loosened it; an overwrite must tighten it again
     with pytest.raises(ConfigError, match="already exist.*--overwrite"):
         write_credentials(tmp_path, ["127.0.0.1"], ["a"])
     assert first.ca_certificate.read_bytes() == ca
     write_credentials(tmp_path, ["127.0.0.1"], ["a"], overwrite=True)
     assert first.ca_certificate.read_bytes() != ca  # a new CA
+    assert stat.S_IMODE(first.ca_key.stat().st_mode) == 0o600
 
 
 def test_bad_requests_list_every_problem_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
-        write_credentials(tmp_path, [], ["../escape", "a", "a"])
+        write_credentials(tmp_path, [], ["../escape", "a", "a", "b.pub"], days=0)
     message = str(err.value)
     assert "no SuperLink host" in message and "'../escape'" in message and "['a'] appear more than once" in message
+    assert "'b.pub'" in message and "validity 0 days" in message  # b.pub would overwrite b's public key
+    with pytest.raises(ConfigError) as err:
+        write_credentials(tmp_path, ["superlink:8000", "[::1]", "https://x.org", "bücher.de", ""], ["a"])
+    assert str(err.value).count("give a DNS name") == 5
     assert not any(tmp_path.iterdir())
 
 

@@ -3,6 +3,7 @@ in-process engine; and a simulated node (Flower's Simulation Engine) taking its 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -212,16 +213,28 @@ def same_as_in_process(flower_out: Path, reference: Path) -> None:
                                   pd.read_csv(reference / "predictions" / "fedavg.csv"))
 
 
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a process and everything below it at once: the machine running the server dies."""
-    tree = [process, *psutil.Process(process.pid).children(recursive=True)]
+def kill_tree(process: subprocess.Popen) -> list[psutil.Process]:
+    """SIGKILL a running process and everything below it at once (the machine running the server dies);
+    returns the processes still alive 10 s later (none expected)."""
+    assert process.poll() is None, f"the run ended by itself (exit {process.returncode}) before it was killed"
+    root = psutil.Process(process.pid)
+    tree = [root, *root.children(recursive=True)]
     for proc in tree:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     process.wait()
-    psutil.wait_procs([p for p in tree if isinstance(p, psutil.Process)], timeout=10)
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    return alive
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of any process on this machine naming ``text`` (orphans of a killed run included)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if text in line and proc.pid != os.getpid():
+            found.append(line)
+    return found
 
 
 @pytest.mark.slow
@@ -233,16 +246,19 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     reference = run_experiment(config, tmp_path / "inprocess", progress=False)
     out = tmp_path / "flower" / "exp"
     rounds_log = out / "runs" / "fedavg" / "rounds.jsonl"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medfed.cli", "run", str(config), "--out", str(tmp_path / "flower"),
-         "--engine", "flower", "--no-progress"],
-        env={**os.environ, **same_medfed_env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while process.poll() is None and time.monotonic() < deadline and not (
-            rounds_log.is_file() and rounds_log.read_text().strip()):
-        time.sleep(0.05)
-    kill_tree(process)  # round 1 is logged and checkpointed; round 2 is under way
-    assert flower_processes() == []
+    (tmp_path / "tmp").mkdir()  # the killed cluster cannot remove its temp folder: keep it in pytest's
+    with open(tmp_path / "killed-run.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "medfed.cli", "run", str(config), "--out", str(tmp_path / "flower"),
+             "--engine", "flower", "--no-progress"],
+            env={**os.environ, **same_medfed_env(), "TMPDIR": str(tmp_path / "tmp")}, stdout=log,
+            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline and not (
+                rounds_log.is_file() and rounds_log.read_text().strip()):
+            time.sleep(0.05)
+        alive = kill_tree(process)  # round 1 is logged and checkpointed; round 2 is under way
+    assert alive == [] and processes_mentioning(str(tmp_path)) == [], (tmp_path / "killed-run.log").read_text()[-2000:]
     assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1]
     assert not (out / "metrics.csv").exists(), "the run finished before it could be killed"
 
@@ -250,6 +266,7 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     result = run_experiment_on_flower(config, tmp_path / "flower", "flower", resume=True, progress=False, timeout=300)
     print(f"flower engine, resumed: {time.monotonic() - began:.1f} s")
     assert flower_processes() == []  # SuperLink, SuperNodes and everything they started are gone
+    assert processes_mentioning(str(tmp_path)) == []
     assert result.out == out and result.name == "exp" and result.primary_metric == reference.primary_metric
     assert result.stopped == {} and result.failures == []
     assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1, 2]

@@ -4,6 +4,7 @@ Runs tests/flower_echo_app through ``flwr run`` against a
 :class:`medfed.integrations.flower.local_cluster.LocalCluster`.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ from flower_support import LoopbackWatch, ray_ready  # noqa: F401  (fixture)
 
 from medfed.integrations.flower.certificates import write_credentials
 from medfed.integrations.flower.local_cluster import (
+    SUPERNODE_BIN,
     LocalCluster,
+    find_binary,
     flower_cli_available,
     free_port,
 )
@@ -114,16 +117,17 @@ def test_tls_and_supernode_authentication_admit_registered_nodes_only(tmp_path: 
         assert cluster.credentials is not None
         result = cluster.run_app(APP_DIR, _echo_config(out, **{"min-nodes": 2}), timeout=90)
         assert result.ok, result.output
-        cmd = ["flower-supernode", "--root-certificates", str(cluster.credentials.ca_certificate),
+        cmd = [find_binary(SUPERNODE_BIN), "--root-certificates", str(cluster.credentials.ca_certificate),
                "--auth-supernode-private-key", str(intruder), "--superlink", cluster.address,
                "--host", "127.0.0.1", "--port", str(free_port()), "--max-wait-time", "10"]
         with open(tmp_path / "intruder.log", "wb") as log:
             rogue = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, "FLWR_HOME": str(tmp_path / "intruder-home")})
+                                     env=cluster.process_env(tmp_path / "intruder-home"))  # no telemetry
             try:
                 rogue.wait(timeout=60)  # Flower gives up: the SuperLink refuses to activate the node
             finally:
-                os.killpg(rogue.pid, signal.SIGKILL)  # and what it started (its SuperExec)
+                with contextlib.suppress(ProcessLookupError):  # its SuperExec may have gone already
+                    os.killpg(rogue.pid, signal.SIGKILL)
                 rogue.wait()
         listed = {int(n["node-id"]) for n in cluster.list_nodes()}
     assert rogue.returncode not in (0, None)

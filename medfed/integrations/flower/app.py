@@ -11,11 +11,13 @@ into the same run directory.
 Deployment across hospitals (flwr 1.42 command lines; ``flower-superlink --help``, ``flower-supernode
 --help`` and ``flwr run --help`` list every option)::
 
-    # 0. certificates: a CA (certs/ca.crt, ca.key), the SuperLink's certificate for the name SuperNodes dial
-    #    (certs/server.pem, server.key), and one key pair per hospital for node authentication (NIST P-384,
-    #    OpenSSH format, as `ssh-keygen -t ecdsa -b 384` writes them): certs/keys/hospital-a(.pub), ...
-    medfed flower-certs certs --host superlink.example.org --node hospital-a --node hospital-b --node hospital-c
-    #    send certs/ca.crt and certs/keys/hospital-X (private) to hospital X; keep certs/ca.key offline
+    # 0. certificates: a CA (certs/ca.crt, ca.key) and the SuperLink's certificate for the name SuperNodes dial
+    #    (certs/server.pem, server.key; loopback names are always added, the SuperLink's SuperExec dials it there)
+    medfed flower-certs certs --host superlink.example.org
+    #    at each hospital, its own key pair for node authentication (NIST P-384, OpenSSH format); only the .pub
+    #    leaves the hospital (`--node NAME` above makes central pairs instead, for a trial in one organisation)
+    ssh-keygen -t ecdsa -b 384 -N "" -f keys/hospital-a          # keys/hospital-a, keys/hospital-a.pub
+    #    send certs/ca.crt to every hospital and to the operator; keep certs/ca.key offline
 
     # 1. the coordinating server (TLS on, only registered SuperNodes may connect, state kept on disk;
     #    medfed is installed there, so Flower need not install the app's dependencies)
@@ -31,12 +33,12 @@ Deployment across hospitals (flwr 1.42 command lines; ``flower-superlink --help`
     #        address = "superlink.example.org:8000"
     #        root-certificates = "/path/to/certs/ca.crt"
     #    then register each hospital's public key:
-    flwr supernode register certs/keys/hospital-a.pub hospitals --name hospital-a
+    flwr supernode register keys/hospital-a.pub hospitals --name hospital-a
 
     # 3. at each hospital, one SuperNode naming its own site config (a medfed sites/*.yaml with its data):
     flower-supernode \
         --superlink superlink.example.org:8000 --root-certificates certs/ca.crt \
-        --auth-supernode-private-key certs/keys/hospital-a \
+        --auth-supernode-private-key keys/hospital-a \
         --node-config "site-config='/data/medfed/sites/hospital_a.yaml' site-name='hospital-a'"
     #    (add share-case-records=false to send only this site's suppressed metrics, never per-case records)
 
@@ -51,6 +53,12 @@ Deployment across hospitals (flwr 1.42 command lines; ``flower-superlink --help`
     # 6. other methods of the same experiment, then the usual report:
     flwr run medfed/integrations/flower hospitals --run-config '... method="fedprox"'
     medfed report /srv/medfed/reports/<experiment name>
+
+Who may reach port 8000 matters: in flwr 1.42 the Fleet, Control and Runtime APIs share it, and the Control
+API (``flwr run``, ``flwr supernode register``, ``flwr log``) authenticates no one unless Flower's OIDC plugin is
+enabled (``FLWR_OIDC_ENABLED=1``). SuperNode authentication stops unregistered nodes, not an unregistered
+operator. Restrict the port with a firewall to the hospitals' and the operator's addresses; a hospital can
+also run only apps signed by keys it trusts (``flower-supernode --trusted-entities FILE``).
 
 ``flwr ls hospitals``, ``flwr log <run-id> hospitals`` and ``flwr stop <run-id> hospitals`` follow a run. For
 a quick try on one machine, ``flower-superlink --insecure`` and ``flower-supernode --insecure --superlink

@@ -6,13 +6,16 @@ What ``flower-superlink --ssl-ca-certfile/--ssl-certfile/--ssl-keyfile --enable-
 * ``ca.crt``, ``ca.key``: a self-signed certificate authority (EC P-384, 10 years). Give ``ca.crt`` to every
   hospital and to the operator's ``flwr`` connection (``root-certificates``); keep ``ca.key`` offline.
 * ``server.pem``, ``server.key``: the SuperLink's certificate, signed by the CA, valid for the given host
-  names and IP addresses (subject alternative names; a SuperNode checks the name it dials against them).
-* ``keys/<node>``, ``keys/<node>.pub``: one EC P-384 key pair per hospital in OpenSSH format (what
-  ``ssh-keygen -t ecdsa -b 384`` writes). The private key stays at the hospital; the operator registers the
-  public key with ``flwr supernode register keys/<node>.pub <connection>``.
+  names and IP addresses and always for ``localhost``, ``127.0.0.1`` and ``::1`` (subject alternative names;
+  a SuperNode checks the name it dials against them, and the SuperLink's own SuperExec dials it on loopback).
+* ``keys/<node>``, ``keys/<node>.pub`` (only with ``nodes``): one EC P-384 key pair per node in OpenSSH
+  format (what ``ssh-keygen -t ecdsa -b 384`` writes). For a real federation each hospital should make its
+  own pair with ``ssh-keygen`` and send only the ``.pub``, so no one else ever holds its identity; central
+  key pairs suit a trial inside one organisation and the tests. The operator registers each public key with
+  ``flwr supernode register <node>.pub <connection>``.
 
 Built with ``cryptography`` (a dependency of flwr), the same steps as Flower's example ``generate.sh``
-(openssl) and ``ssh-keygen``. Private keys are written with mode 0600.
+(openssl) and ``ssh-keygen``. Private keys are written with mode 0600 (also when overwriting).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from medfed.errors import ConfigError
 
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                       r"[A-Za-z0-9])?)*\.?")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+MAX_DAYS = 36500
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,10 @@ class DeploymentCredentials:
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` readable by the owner only, whatever mode an overwritten file had."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 
@@ -70,14 +79,30 @@ def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def check_request(hosts: list[str], nodes: list[str]) -> None:
-    """Every problem with the requested names at once, as one :class:`ConfigError`."""
+def _host_problem(host: str) -> str | None:
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not host.isascii() or not _DNS_NAME.fullmatch(host):
+        return (f"host {host!r}: give a DNS name (ASCII; IDNA-encode others) or an IP address, without scheme, "
+                "port or brackets")
+    return None
+
+
+def check_request(hosts: list[str], nodes: list[str], days: int = 3650) -> None:
+    """Every problem with the requested names and validity at once, as one :class:`ConfigError`."""
     problems = []
     if not hosts:
         problems.append("no SuperLink host name or address (--host): SuperNodes check the name they dial")
-    bad = [n for n in nodes if not _NODE_NAME.fullmatch(n)]
+    problems += [p for p in map(_host_problem, hosts) if p]
+    bad = [n for n in nodes if not _NODE_NAME.fullmatch(n) or n.endswith(".pub")]
     if bad:
-        problems.append(f"node names {bad}: use letters, digits, '.', '_' and '-' (they become file names)")
+        problems.append(f"node names {bad}: use letters, digits, '.', '_' and '-', not ending in .pub "
+                        "(they become key file names)")
+    if not 1 <= days <= MAX_DAYS:
+        problems.append(f"validity {days} days: give 1 to {MAX_DAYS}")
     duplicates = sorted({n for n in nodes if nodes.count(n) > 1})
     if duplicates:
         problems.append(f"node names {duplicates} appear more than once")
@@ -91,8 +116,8 @@ def write_credentials(out: Path | str, hosts: list[str], nodes: list[str], *, da
 
     Refuses to overwrite existing files unless ``overwrite``: a new CA invalidates every hospital's copy.
     """
-    check_request(hosts, nodes)
-    out = Path(out)
+    check_request(hosts, nodes, days)
+    out = Path(out).resolve()  # flwr wants absolute certificate paths
     files = DeploymentCredentials(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key",
                                   {n: out / "keys" / n for n in nodes})
     existing = [p for p in (files.ca_certificate, files.ca_key, files.server_certificate, files.server_key,
@@ -119,10 +144,12 @@ def write_credentials(out: Path | str, hosts: list[str], nodes: list[str], *, da
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                    hosts[0] if len(hosts[0]) <= 64 else "medfed SuperLink")]))
         .issuer_name(ca_name).public_key(server_key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_subject_names(list(dict.fromkeys([*hosts, *LOOPBACK_NAMES])))),
+                       critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

@@ -99,8 +99,8 @@ The same deployment across hospitals, with TLS and SuperNode authentication
     flwr run path/to/app medfed-prod --stream
 
 ``--enable-supernode-auth`` is refused together with ``--insecure`` (TLS is
-required); ``--auth-list-public-keys`` (SuperLink) and
-``--auth-supernode-public-key`` (SuperNode) are deprecated: keys are registered
+required); ``--auth-list-public-keys`` (SuperLink) is refused as no longer
+supported and ``--auth-supernode-public-key`` (SuperNode) is deprecated: keys are registered
 with ``flwr supernode register`` and the public key is derived from the private
 one. A SuperNode's own ``--ssl-certfile/--ssl-keyfile/--ssl-ca-certfile`` only
 protect its local Runtime API (SuperNode <-> its SuperExec), not the link to
@@ -135,7 +135,8 @@ from medfed.integrations.flower.certificates import (
     write_credentials,
 )
 
-__all__ = ["FlowerClusterError", "LocalCluster", "RunResult", "flower_cli_available"]
+__all__ = ["FlowerClusterError", "LocalCluster", "RunResult", "find_binary", "flower_cli_available", "free_port",
+           "ray_start_problem", "short_temp_dir"]
 
 SUPERLINK_BIN = "flower-superlink"
 SUPERNODE_BIN = "flower-supernode"
@@ -182,7 +183,14 @@ class RunResult:
         return self.status == "finished:completed"
 
 
-def _find_bin(name: str) -> str | None:
+def short_temp_dir(prefix: str = "mfr") -> str:
+    """A new temp folder with a short path: Ray puts Unix sockets below it, and a socket path may hold at most
+    107 bytes (``<dir>/session_<date>_<pid>/sockets/plasma_store``); a long ``$TMPDIR`` would overflow it."""
+    base = "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+def find_binary(name: str) -> str | None:
     """Prefer the executable next to this interpreter (same environment)."""
     candidate = Path(sys.executable).parent / name
     if candidate.is_file() and os.access(candidate, os.X_OK):
@@ -192,7 +200,7 @@ def _find_bin(name: str) -> str | None:
 
 def flower_cli_available() -> tuple[bool, str]:
     """Return (available, reason) for the flwr deployment binaries."""
-    missing = [b for b in (SUPERLINK_BIN, SUPERNODE_BIN, FLWR_BIN) if _find_bin(b) is None]
+    missing = [b for b in (SUPERLINK_BIN, SUPERNODE_BIN, FLWR_BIN) if find_binary(b) is None]
     if missing:
         return False, f"Flower CLI binaries not found: {', '.join(missing)} (pip install flwr)"
     return True, ""
@@ -216,7 +224,8 @@ def ray_start_problem(timeout: float = 120.0) -> str | None:
 
     if importlib.util.find_spec("ray") is None:
         return "Ray is not installed (pip install 'medfed[flower-sim]')"
-    with tempfile.TemporaryDirectory(prefix="medfed-ray-probe-") as tmp:
+    tmp = short_temp_dir()
+    try:
         env = {**os.environ, **RAY_LOOPBACK_ENV, "RAY_TMPDIR": tmp}
         try:
             proc = subprocess.Popen([sys.executable, "-c", _RAY_PROBE], env=env, stdout=subprocess.PIPE,
@@ -235,7 +244,9 @@ def ray_start_problem(timeout: float = 120.0) -> str | None:
         if proc.returncode != 0:
             last = output.decode(errors="replace").strip().splitlines()[-3:]
             return f"Ray failed to start (exit {proc.returncode}): {' | '.join(last)}"
-    return None
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def free_port(host: str = _LOOPBACK) -> int:
@@ -503,6 +514,7 @@ class LocalCluster:
         self.killed: set[int] = set()
         self._closed = False
         self._bins: dict[str, str] = {}
+        self._ray_tmp: str | None = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -525,6 +537,11 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def process_env(self, home: Path) -> dict[str, str]:
+        """The environment of this cluster's Flower processes (no telemetry, no update check, no proxy for
+        loopback, ``extra_env``), with ``FLWR_HOME`` = ``home`` (created)."""
+        return self._env(home)
+
     def _env(self, home: Path) -> dict[str, str]:
         env = dict(os.environ)
         env.update(_BASE_ENV)
@@ -539,7 +556,7 @@ class LocalCluster:
         if not ok:
             raise FlowerClusterError(reason)
         for name in (SUPERLINK_BIN, SUPERNODE_BIN, FLWR_BIN):
-            self._bins[name] = str(_find_bin(name))
+            self._bins[name] = str(find_binary(name))
         self.workdir = Path(tempfile.mkdtemp(prefix="medfed-flwr-"))
         self.log_dir = self._log_dir_arg or self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -576,7 +593,9 @@ class LocalCluster:
                 cmd.append("--simulation")
             env = self._env(self.workdir / "superlink-home")
             if self.simulation:
-                env.setdefault("RAY_TMPDIR", str(self.workdir / "ray"))
+                if self._ray_tmp is None and "RAY_TMPDIR" not in env:
+                    self._ray_tmp = short_temp_dir()
+                env.setdefault("RAY_TMPDIR", str(self._ray_tmp))
                 env.update(RAY_LOOPBACK_ENV)
             log = self.log_dir / (f"superlink.{attempt}.log" if attempt else "superlink.log")
             self.superlink = _Managed.spawn("superlink", cmd, env, log, self.workdir)
@@ -865,6 +884,8 @@ class LocalCluster:
             _stop_all([self.superlink], grace=self.stop_grace)
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._ray_tmp is not None:
+            shutil.rmtree(self._ray_tmp, ignore_errors=True)
 
     def processes_alive(self) -> list[str]:
         """Names of managed processes (or their descendants) still running."""
