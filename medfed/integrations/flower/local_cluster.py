@@ -540,9 +540,6 @@ class LocalCluster:
     def process_env(self, home: Path) -> dict[str, str]:
         """The environment of this cluster's Flower processes (no telemetry, no update check, no proxy for
         loopback, ``extra_env``), with ``FLWR_HOME`` = ``home`` (created)."""
-        return self._env(home)
-
-    def _env(self, home: Path) -> dict[str, str]:
         env = dict(os.environ)
         env.update(_BASE_ENV)
         env.update(self.extra_env)
@@ -563,7 +560,7 @@ class LocalCluster:
         atexit.register(self.close)
         try:
             if self.tls:
-                self.credentials = write_credentials(self.workdir / "credentials", [_LOOPBACK, "localhost"],
+                self.credentials = write_credentials(self.workdir / "credentials", [_LOOPBACK],
                                                      [f"supernode-{i}" for i in range(len(self.node_configs))])
             self._start_superlink()
             self._write_cli_config()
@@ -591,7 +588,7 @@ class LocalCluster:
             ]  # fmt: skip
             if self.simulation:
                 cmd.append("--simulation")
-            env = self._env(self.workdir / "superlink-home")
+            env = self.process_env(self.workdir / "superlink-home")
             if self.simulation:
                 if self._ray_tmp is None and "RAY_TMPDIR" not in env:
                     self._ray_tmp = short_temp_dir()
@@ -668,7 +665,7 @@ class LocalCluster:
         ]  # fmt: skip
         if self.node_configs[i]:
             cmd += ["--node-config", _format_kv(self.node_configs[i])]
-        env = self._env(self.workdir / f"supernode-{i}-home")
+        env = self.process_env(self.workdir / f"supernode-{i}-home")
         self.supernodes.append(
             _Managed.spawn(f"supernode-{i}", cmd, env, self.log_dir / f"supernode-{i}.log", self.workdir)
         )
@@ -727,7 +724,7 @@ class LocalCluster:
             check=False,
             capture_output=True,
             text=True,
-            env=self._env(self.cli_home),
+            env=self.process_env(self.cli_home),
             cwd=self.workdir,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
@@ -801,7 +798,7 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self._env(self.cli_home),
+                env=self.process_env(self.cli_home),
                 cwd=self.workdir,
                 start_new_session=True,
             )

@@ -38,7 +38,7 @@ def plan(sites: Path, out: Path, dataset_id: int, name: str, planner: str = "Exp
     """
     federation = load_federation(sites)
     check_request(dataset_id, name, list(federation), per_site=False)
-    problems = [p for site in federation for p in site.validate(progress=progress)]
+    problems = federation.validate(progress=progress)
     if problems:
         raise DataProblems(problems)
     fingerprint = federated_fingerprint(list(federation), bins=bins)
