@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from medfed import __version__
-from medfed.errors import ConfigError, DataProblems, MedfedError, Problem
+from medfed.errors import ConfigError, DataProblems, MedfedError, Problem, errors_only
+from medfed.io import atomic_write_text
 from medfed.synth import MODALITIES, SCALES, write_federations
 
 EXIT_PROBLEMS = 1
@@ -25,7 +26,8 @@ EXIT_USAGE = 2
 
 
 def _print_problems(problems: list[Problem], header: str) -> None:
-    print(f"\n{header}: {len(problems)} problem(s)", file=sys.stderr)
+    errors = sum(p.is_error for p in problems)
+    print(f"\n{header}: {errors} problem(s), {len(problems) - errors} warning(s)", file=sys.stderr)
     by_site: dict[str, list[Problem]] = {}
     for problem in problems:
         by_site.setdefault(problem.site, []).append(problem)
@@ -33,21 +35,29 @@ def _print_problems(problems: list[Problem], header: str) -> None:
         print(f"  site {site}:", file=sys.stderr)
         for p in site_problems:
             where = ", ".join(x for x in (f"case {p.case}" if p.case else "", f"file {p.file}" if p.file else "") if x)
-            print(f"    - {where + ': ' if where else ''}{p.reason}", file=sys.stderr)
+            tag = "" if p.is_error else "warning: "
+            print(f"    - {tag}{where + ': ' if where else ''}{p.reason}", file=sys.stderr)
 
 
 def site_table(federations: Sequence) -> pd.DataFrame:
-    """One row per site: counts per split and per primary-label value, suppressed below each site's min_count."""
+    """One row per site: counts per split, the split unit and its groups, the most cases in one group, and the
+    primary label's counts and prevalence per split; counts below each site's min_count are suppressed."""
     rows = []
     for fed in federations:
         for site in fed:
             summary = site.summary()
             row = {"federation": fed.name, "site": site.name, "modality": site.modality, "cases": summary["cases"]}
             row.update(summary["splits"])
+            row["unit"] = summary["split_unit"]
+            row["groups"] = summary["groups"]
+            row["max/group"] = summary["max_cases_per_group"]
             label = site.primary_label
             if label:
                 counts = summary["labels"].get(label, {})
                 row["labels"] = f"{label}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+                prevalence = summary.get("prevalence", {})
+                if prevalence:
+                    row["prevalence train/val/test"] = "/".join(prevalence.get(s, "-") for s in ("train", "val", "test"))
             pops = summary["metadata"].get("population")
             if pops:
                 row["population"] = ", ".join(f"{k}={v}" for k, v in pops.items())
@@ -55,15 +65,17 @@ def site_table(federations: Sequence) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-def validate_configs(configs: Sequence[Path], progress: bool = True) -> tuple[list, list[Problem]]:
-    """Load every federation leniently and validate every case; return (federations, all problems)."""
+def validate_configs(
+    configs: Sequence[Path], progress: bool = True, allow_duplicates: bool = False
+) -> tuple[list, list[Problem]]:
+    """Load every federation leniently and validate every case; return (federations, all problems and warnings)."""
     from medfed.sites import load_federation
 
     federations, problems = [], []
     for config in configs:
         federation = load_federation(config, strict=False)
         federations.append(federation)
-        problems.extend(federation.validate(progress=progress))
+        problems.extend(federation.validate(progress=progress, allow_duplicates=allow_duplicates))
     return federations, problems
 
 
@@ -78,16 +90,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    federations, problems = validate_configs(args.configs, progress=not args.no_progress)
+    federations, problems = validate_configs(args.configs, progress=not args.no_progress,
+                                             allow_duplicates=args.allow_duplicates)
     print(site_table(federations).to_string(index=False))
     if args.json:
         payload = [p.__dict__ for p in problems]
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        atomic_write_text(Path(args.json), json.dumps(payload, indent=2))  # creates the folder
+    errors = errors_only(problems)
     if problems:
-        _print_problems(problems, "validation failed")
+        _print_problems(problems, "validation failed" if errors else "validation passed with warnings")
+    if errors:
         return EXIT_PROBLEMS
     n_sites = sum(len(f) for f in federations)
-    print(f"\nOK: {len(federations)} federation(s), {n_sites} site(s), no problems")
+    print(f"\nOK: {len(federations)} federation(s), {n_sites} site(s), no problems"
+          + (f", {len(problems)} warning(s)" if problems else ""))
     return 0
 
 
@@ -398,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check every case of every site; list every problem at once")
     validate.add_argument("configs", nargs="+", type=Path, help="federation config(s), e.g. sites/brain_mri.yaml")
     validate.add_argument("--json", type=Path, help="also write the problems as JSON here")
+    validate.add_argument("--allow-duplicates", action="store_true",
+                          help="report identical images in train and test as warnings, not errors")
     validate.add_argument("--no-progress", action="store_true")
     validate.set_defaults(func=cmd_validate)
 

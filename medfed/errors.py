@@ -16,15 +16,23 @@ class Problem:
 
     ``case`` is the hashed case id (or the source's own subject/folder name when the defect is in
     the layout itself and no case exists yet); never a patient identifier from file contents.
+    ``severity`` is ``"error"`` (the data cannot be used as it is: ``medfed validate`` exits 1) or
+    ``"warning"`` (worth a look, e.g. a near-duplicate image; reported, never blocking).
     """
 
     site: str
     reason: str
     case: str | None = None
     file: str | None = None
+    severity: str = "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
     def __str__(self) -> str:
-        where = [f"site {self.site}"]
+        where = [] if self.is_error else ["warning"]
+        where.append(f"site {self.site}")
         if self.case:
             where.append(f"case {self.case}")
         if self.file:
@@ -38,6 +46,16 @@ class MedfedError(Exception):
 
 class ConfigError(MedfedError):
     """A config file is missing, unparsable or has an invalid field (message names file and field)."""
+
+
+def warning(site: str, reason: str, case: str | None = None, file: str | None = None) -> Problem:
+    """A :class:`Problem` of severity ``"warning"``."""
+    return Problem(site=site, reason=reason, case=case, file=file, severity="warning")
+
+
+def errors_only(problems: list[Problem]) -> list[Problem]:
+    """The problems that block use of the data (severity ``"error"``)."""
+    return [p for p in problems if p.is_error]
 
 
 class DataProblems(MedfedError):

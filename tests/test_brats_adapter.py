@@ -95,7 +95,7 @@ def test_partitions_become_sites_with_public_columns_only(small):
     assert [len(s) for s in federation] == list(COUNTS)
     assert federation.problems == [] and federation.validate() == []
     table = federation.case_table()
-    assert list(table.columns) == ["case_id", "site", "institution", "shape", "spacing_mm", "split"]
+    assert list(table.columns) == ["case_id", "site", "group", "institution", "shape", "spacing_mm", "split"]
     assert list(table.groupby("site")["institution"].first()) == ["1", "2", "3"]
     assert set(table["shape"]) == {"32x32x32"}
     for site in federation:

@@ -215,7 +215,7 @@ def test_rescale_and_monochrome1_on_a_hand_made_dicom(tmp_path):
     make_dicom(root / "x" / "a.dcm", stored, photometric="MONOCHROME1", slope=2, intercept=-1024, PatientAge="007Y",
                PatientSex="F", ViewPosition="AP")
     (root / "labels.csv").write_text("Path,Pneumonia\nx/a.dcm,1\n")
-    s = site(root)
+    s = site(root, intensity="bits")
     assert s.cases[["age_group", "population", "sex", "view"]].iloc[0].tolist() == ["2-11", "pediatric", "F", "AP"]
     item = s._load_case(s._table.iloc[0])
     assert item["image"].dtype == np.float32 and item["image"].shape == (1, 2, 3)
@@ -352,8 +352,13 @@ def test_class_folders_with_split_folders(small, tmp_path):
     (root / "extra").mkdir()
     s = site(root, layout="class_folders", split_folders=True, population="pediatric")
     assert sorted(s.cases["split"].unique()) == ["test", "train"]
-    assert len(s) == 20
-    assert [p.file for p in s.index_problems] == ["extra"]
+    assert len(s) == len(list((small / "chest_xray" / "pediatric").rglob("*.png"))) * 2
+    assert [p.file for p in s.index_problems if p.is_error] == ["extra"]
+    # the same patients in both split folders: every one is named, and the given split is kept
+    straddling = [p for p in s.index_problems if not p.is_error]
+    assert len(straddling) == s.cases["group"].nunique()
+    assert all("the source's own split puts one patient" in p.reason and "in test, train" in p.reason
+               for p in straddling)
 
 
 def test_config_errors_name_the_field(tmp_path):

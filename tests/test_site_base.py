@@ -58,7 +58,7 @@ def test_public_table_hides_private_columns_and_hashes_ids():
     assert not [c for c in site.cases.columns if c.startswith("_")]
     assert "P000" not in site.cases.to_csv()
     assert site.cases["case_id"].iloc[0] == hash_case_id("P000", "a")
-    assert list(site.cases.columns[:3]) == ["case_id", "site", "finding"]
+    assert list(site.cases.columns[:4]) == ["case_id", "site", "group", "finding"]
 
 
 def test_salt_changes_ids():
@@ -106,8 +106,12 @@ def test_empty_site_is_a_problem():
 def test_validate_reports_every_case():
     site = ToySite("a", rows(8, 3))
     problems = site.validate()
-    assert len(problems) == 3 and all("empty" in p.reason for p in problems)
-    assert all(p.file and p.file.startswith("/secret/") for p in problems)
+    errors = [p for p in problems if p.is_error]
+    assert len(errors) == 3 and all("empty" in p.reason for p in errors)
+    assert [p.reason for p in problems if not p.is_error] == [
+        "split unit: image; no patient key (each image is its own group, so one patient's images may fall into "
+        "different splits)"]
+    assert all(p.file and p.file.startswith("/secret/") for p in errors)
 
 
 def test_stratify_on_unknown_column_is_a_config_error():

@@ -28,7 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from medfed.config import resolve_path
-from medfed.errors import ConfigError, DataProblems, MedfedError
+from medfed.errors import ConfigError, DataProblems, MedfedError, errors_only
 from medfed.fl.config import (
     DEMO_PREFIX,
     ExperimentConfig,
@@ -110,17 +110,18 @@ def draw_partition(config: ExperimentConfig, federation: Federation, config_dir:
     seed = config.seed if spec.seed is None else spec.seed
     names = site_names(int(spec.n_sites or 0), spec.prefix)
     try:
+        ids, groups = cases["case_id"].tolist(), cases["group"].tolist()  # whole groups move: no patient in two sites
         if spec.method == "iid":
-            drawn = iid(cases["case_id"].tolist(), len(names), seed=seed)
+            drawn = iid(ids, len(names), seed=seed, groups=groups)
         elif spec.method == "quantity_skew":
-            drawn = quantity_skew(cases["case_id"].tolist(), len(names), spec.alpha, spec.min_size, seed)
+            drawn = quantity_skew(ids, len(names), spec.alpha, spec.min_size, seed, groups=groups)
         else:
             label = spec.label or (config.task.labels[0] if getattr(config.task, "labels", None) else None)
             if label is None or label not in cases:
                 raise ValueError(f"label {label!r} is not a label column of the federation "
                                  f"(columns: {', '.join(map(str, cases.columns))}); set partition.label")
-            drawn = dirichlet_label_skew(cases["case_id"].tolist(), cases[label].tolist(), len(names),
-                                         spec.alpha, spec.min_size, seed)
+            drawn = dirichlet_label_skew(ids, cases[label].tolist(), len(names), spec.alpha, spec.min_size, seed,
+                                         groups=groups)
     except ValueError as err:
         raise ConfigError(f"partition ({spec.method}): {err}") from None
     default = site_names(len(names))  # the partitioners name sites site-1..N; use the configured prefix
@@ -169,7 +170,7 @@ def run_experiment(
     fed_file = federation_path(config, config_path.parent, demo_configs)
     federation = load_federation(fed_file, strict=not validate)
     if validate:
-        problems = federation.validate(progress=progress)
+        problems = errors_only(federation.validate(progress=progress))
         if problems:
             raise DataProblems(problems)
     task = build_task(config.task)
@@ -285,7 +286,9 @@ def write_sites(path: Path, federation: Federation, conditions: Mapping[str, Sit
     rows, summaries = [], []
     for site in federation:
         summary = site.summary()
-        rows.append({"site": site.name, "cases": summary["cases"], **summary["splits"]})
+        rows.append({"site": site.name, "cases": summary["cases"], **summary["splits"],
+                     "split_unit": summary["split_unit"], "groups": summary["groups"],
+                     **{f"groups_{split}": n for split, n in summary["groups_per_split"].items()}})
         extra = {"conditions": describe_conditions(conditions[site.name])} if site.name in conditions else {}
         summaries.append({**summary, "min_count": site.min_count, **extra})
     _write_csv(path, pd.DataFrame(rows))

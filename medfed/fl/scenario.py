@@ -34,15 +34,21 @@ def identity_assignment(federation: Federation) -> pd.Series:
 def with_server_benchmark(
     task: Task, federation: Federation, assignment: pd.Series, spec: ServerBenchmarkConfig, seed: int
 ) -> pd.Series:
-    """``assignment`` with ``spec.cases`` cases of the task's training pool moved to :data:`SERVER`."""
-    eligible = np.array(sorted(c for site in federation for c in task.training_case_ids(site)), dtype=object)
+    """``assignment`` with whole groups (patients) of the task's training pool moved to :data:`SERVER`: groups in
+    a seeded random order until at least ``spec.cases`` training cases are moved. Every case of a moved group goes
+    with it, so no patient is both at the server and at a site."""
+    eligible = sorted(c for site in federation for c in task.training_case_ids(site))
     if len(eligible) <= spec.cases:
         raise ConfigError(f"server_benchmark: {spec.cases} cases asked, but the federation has only "
                           f"{len(eligible)} training case(s) of the task; lower server_benchmark.cases")
+    cases = federation.case_table().set_index("case_id")["group"]
+    eligible_per_group = cases.loc[eligible].value_counts().sort_index()
     rng = rng_for(spec.seed if spec.seed is not None else seed, "server-benchmark")
-    drawn = eligible[rng.choice(len(eligible), size=spec.cases, replace=False)]
+    order = eligible_per_group.index[rng.permutation(len(eligible_per_group))]
+    taken = np.cumsum(eligible_per_group.loc[order].to_numpy())
+    chosen = set(order[: int(np.searchsorted(taken, spec.cases)) + 1])
     moved = assignment.copy()
-    moved[list(drawn)] = SERVER
+    moved[cases.index[cases.isin(chosen)].intersection(moved.index)] = SERVER
     emptied = sorted(set(assignment) - set(moved))
     if emptied:
         raise ConfigError(f"server_benchmark took every case of site(s) {', '.join(emptied)}; "

@@ -61,9 +61,11 @@ def cluster(embeddings: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarra
 
 def embedding_skew(
     case_ids: Sequence[str], embeddings: np.ndarray, n_sites: int, n_clusters: int = 10, alpha: float = 0.5,
-    min_size: int = 10, seed: int = 0,
+    min_size: int = 10, seed: int = 0, groups: Sequence[str] | None = None,
 ) -> pd.Series:
-    """Cluster the embeddings, then Dirichlet-spread each cluster over ``n_sites`` (see module docstring)."""
+    """Cluster the embeddings, then Dirichlet-spread each cluster over ``n_sites`` (see module docstring); with
+    ``groups`` whole groups move, each with its most frequent cluster."""
     if len(embeddings) != len(case_ids):
         raise ValueError(f"{len(embeddings)} embeddings for {len(case_ids)} cases")
-    return dirichlet_label_skew(case_ids, cluster(embeddings, n_clusters, seed), n_sites, alpha, min_size, seed)
+    return dirichlet_label_skew(case_ids, cluster(embeddings, n_clusters, seed), n_sites, alpha, min_size, seed,
+                                groups=groups)

@@ -42,6 +42,12 @@ def _site_rows(analysis: Analysis) -> tuple[list[dict[str, Any]], list[str]]:
         splits = site.get("splits", {})
         hidden = any(isinstance(v, str) for v in splits.values())
         described: dict[str, str] = {}
+        if "split_unit" in site:  # the split unit and its groups per split (patients, studies, stones, subjects)
+            groups = site.get("groups_per_split", {})
+            described["split unit"] = site["split_unit"]
+            described["groups (train / val / test)"] = "–" if hidden else " / ".join(
+                str(groups.get(s, "")) for s in ("train", "val", "test"))
+            columns += [c for c in ("split unit", "groups (train / val / test)") if c not in columns]
         for group in ("labels", "metadata"):
             for name, counts in (site.get(group) or {}).items():
                 if name in ("format", "institution", "population") and group == "metadata" and len(counts) == 1:

@@ -49,6 +49,7 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
         "experiment": run.name, "task": run.task_kind, "primary_metric": analysis.primary,
         "methods": run.methods, "baselines": analysis.baselines, "options": asdict(analysis.options),
         "sites": [{"site": s["site"], "test_cases": s.get("splits", {}).get("test"),
+                   "split_unit": s.get("split_unit"), "groups_per_split": s.get("groups_per_split"),
                    "shown": s["site"] in analysis.shown_sites} for s in run.sites],
         "aggregates": analysis.aggregates.to_dict(orient="records"), "pooled_withheld": analysis.pooled_withheld,
         "significant_comparisons": significant.to_dict(orient="records"),

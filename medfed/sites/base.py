@@ -2,14 +2,20 @@
 
 A site indexes its source once (cheap: folder listings and tables), keeps a *private* case table
 (file paths, source ids: columns whose names start with ``_``), and exposes only the *public* case
-table (hashed ``case_id``, ``site``, ``split``, labels, binned metadata). Pixels leave a site only as
-tensors from :meth:`Site.dataset`, i.e. inside the site's own training.
+table (hashed ``case_id``, ``site``, ``group``, ``split``, labels, binned metadata). Pixels leave a site
+only as tensors from :meth:`Site.dataset`, i.e. inside the site's own training.
+
+``group`` is the split unit (patient, study, stone or subject; :attr:`Site.group_unit`) as a keyed hash
+(:meth:`Site.hash_group`). Splits move whole groups (:func:`~medfed.sites.splits.assign_splits`). An
+adapter leaves ``group`` empty where a case has no key; such a case is its own group, and
+:attr:`Site.split_unit` then says ``"image"`` (no key at all) or counts the cases without one.
 
 Subclasses implement three methods:
 
 ``_index()``
     scan the source; return ``(table, problems)``. One row per usable case with ``case_id`` (from
-    :meth:`Site.hash_id`), the label columns, metadata columns and private ``_``-columns. Defects
+    :meth:`Site.hash_id`), ``group`` (from :meth:`Site.hash_group`, or empty/absent where the case has no
+    group key), the label columns, metadata columns and private ``_``-columns. Defects
     found while indexing are returned as :class:`~medfed.errors.Problem` records, never raised.
 ``_check_case(case)``
     read every file of one case fully and return its problems (corrupt file, NaN, shape mismatch,
@@ -33,12 +39,14 @@ from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose, Transform
 
 from medfed.config import SplitConfig
-from medfed.errors import ConfigError, MedfedError, Problem
+from medfed.errors import ConfigError, MedfedError, Problem, warning
 from medfed.sites.identity import hash_case_id
-from medfed.sites.splits import SPLITS, assign_splits
+from medfed.sites.splits import SPLITS, assign_splits, straddling_groups
 from medfed.stats import suppress_count
 
-PUBLIC_FIXED_COLUMNS = ("case_id", "site", "split")
+PUBLIC_FIXED_COLUMNS = ("case_id", "site", "group", "split")
+#: the split unit of a site none of whose cases has a group key
+IMAGE_UNIT = "image"
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class Site(ABC):
     modality: ClassVar[str]
     #: ``"segmentation"`` or ``"classification"``: what the labels support.
     label_kind: ClassVar[str]
+    #: what a ``group`` key names at this site (``"patient"``, ``"study"``, ``"stone"``, ``"subject"``)
+    group_unit: str = "patient"
 
     def __init__(
         self,
@@ -82,6 +92,7 @@ class Site(ABC):
         self._salt = salt
         self._item_cache: dict[tuple[str, str], dict[str, Any]] = {}  # (split, case id) -> default-transformed item
         self._item_cache_bytes = 0
+        self._fingerprints: list[Any] = []  # pixel fingerprints of the last validate() (duplicate detection)
         table, problems = self._index()
         self._problems: list[Problem] = list(problems)
         self._table = self._finalise(table)
@@ -115,9 +126,28 @@ class Site(ABC):
         """Hashed case id for a source id (see :func:`medfed.sites.identity.hash_case_id`)."""
         return hash_case_id(source_id, self.name, self._salt)
 
+    def hash_group(self, key: str) -> str:
+        """Keyed hash of a group key (patient id, study uid, stone id): the raw key never leaves the adapter."""
+        return hash_case_id(f"group|{key}", self.name, self._salt)
+
     def problem(self, reason: str, case: str | None = None, file: str | None = None) -> Problem:
         """A :class:`Problem` located at this site."""
         return Problem(site=self.name, reason=reason, case=case, file=file)
+
+    def warning(self, reason: str, case: str | None = None, file: str | None = None) -> Problem:
+        """A warning (severity ``"warning"``) located at this site."""
+        return warning(self.name, reason, case, file)
+
+    def record_pixels(self, case: pd.Series, pixels: np.ndarray, preview: np.ndarray | None = None) -> None:
+        """Keep a fingerprint of a case's decoded pixels during :meth:`validate` for the duplicate checks of
+        :func:`medfed.sites.leakage.duplicate_problems`: the exact digest of ``pixels`` and the perceptual hash of
+        ``preview`` (a 2-D view of a volume; default ``pixels``). Called by ``_check_case``."""
+        from medfed.sites.duplicates import ImageFingerprint, perceptual_hash, pixel_digest
+
+        self._fingerprints.append(ImageFingerprint(
+            site=self.name, case=str(case["case_id"]), file=str(case.get("_source_id", case["case_id"])),
+            split=str(case["split"]), digest=pixel_digest(pixels),
+            phash=perceptual_hash(pixels if preview is None else preview)))
 
     # ----------------------------------------------------------------- public API
     @property
@@ -133,6 +163,23 @@ class Site(ABC):
 
     def __len__(self) -> int:
         return len(self._table)
+
+    @property
+    def cases_without_group(self) -> int:
+        """Cases whose source gave no group key (each is its own group)."""
+        return int(self._table["_no_group"].sum()) if "_no_group" in self._table else 0
+
+    @property
+    def split_unit(self) -> str:
+        """What one group is: :attr:`group_unit`, or ``"image"`` when no case has a group key."""
+        if len(self._table) and self.cases_without_group == len(self._table):
+            return IMAGE_UNIT
+        return self.group_unit
+
+    @property
+    def fingerprints(self) -> list[Any]:
+        """Pixel fingerprints recorded by the last :meth:`validate` (empty before)."""
+        return list(self._fingerprints)
 
     def __repr__(self) -> str:
         counts = self._table["split"].value_counts().to_dict() if len(self._table) else {}
@@ -199,6 +246,7 @@ class Site(ABC):
     def validate(self, progress: bool = False) -> list[Problem]:
         """Every problem of this site: indexing problems plus a full read of every indexed case."""
         problems = list(self._problems)
+        self._fingerprints = []
         records = self._table.to_dict("records")
         iterator: Any = records
         if progress:
@@ -210,7 +258,18 @@ class Site(ABC):
                 problems.extend(self._check_case(pd.Series(record)))
             except Exception as err:  # noqa: BLE001 - a reader bug must not hide the other cases' problems
                 problems.append(self.problem(f"could not be checked: {type(err).__name__}: {err}", record["case_id"]))
-        return problems
+        return problems + self._group_notes()
+
+    def _group_notes(self) -> list[Problem]:
+        """Once per site: the split unit when some or all cases have no group key."""
+        without = self.cases_without_group
+        if without == 0:
+            return []
+        if without == len(self._table):
+            return [self.warning(f"split unit: image; no {self.group_unit} key (each image is its own group, so "
+                                 f"one {self.group_unit}'s images may fall into different splits)")]
+        return [self.warning(f"split unit: {self.group_unit}, but {suppress_count(without, self.min_count)} case(s) "
+                             f"have no {self.group_unit} key; each of them is its own group")]
 
     def summary(self) -> dict[str, Any]:
         """Aggregated, suppressed counts: cases per split, per label value and per metadata value."""
@@ -220,7 +279,16 @@ class Site(ABC):
             "modality": self.modality,
             "cases": suppress_count(len(table), self.min_count),
             "splits": {s: suppress_count(int((table["split"] == s).sum()), self.min_count) for s in SPLITS},
+            "split_unit": self.split_unit,
+            "groups": suppress_count(int(table["group"].nunique()) if len(table) else 0, self.min_count),
+            "groups_per_split": {s: suppress_count(int(table.loc[table["split"] == s, "group"].nunique()),
+                                                   self.min_count) for s in SPLITS},
+            "cases_without_group": suppress_count(self.cases_without_group, self.min_count),
+            "max_cases_per_group": int(table["group"].value_counts().max()) if len(table) else 0,
         }
+        prevalence = self._prevalence_per_split()
+        if prevalence:
+            out["prevalence"] = prevalence
         for group, columns in (("labels", self.label_columns), ("metadata", self.metadata_columns)):
             out[group] = {
                 col: {
@@ -232,12 +300,33 @@ class Site(ABC):
             }
         return out
 
+    def _prevalence_per_split(self) -> dict[str, str]:
+        """Share of positives (value 1) of a binary primary label per split, e.g. ``{"train": "25%"}``; a split
+        whose positives or other cases number below ``min_count`` shows ``<k`` instead (no small counts)."""
+        label, table = self.primary_label, self._table
+        if label is None or label not in table or not set(table[label].unique()) <= {0, 1, -1}:
+            return {}
+        out = {}
+        for split in SPLITS:
+            values = table.loc[table["split"] == split, label]
+            positives = int((values == 1).sum())
+            small = min(positives, len(values) - positives) < self.min_count
+            out[split] = f"<{self.min_count}" if small else f"{100 * positives / len(values):.0f}%"
+        return out
+
     # ----------------------------------------------------------------- internals
     def _finalise(self, table: pd.DataFrame) -> pd.DataFrame:
         """Add ``site`` and ``split``, drop duplicate ids (each reported), report an empty site."""
         table = table.reset_index(drop=True).copy()
         if "case_id" not in table:
             table["case_id"] = pd.Series(dtype=str)
+        if "group" not in table:
+            table["group"] = pd.Series([None] * len(table), dtype=object)
+        missing = table["group"].isna() | (table["group"].astype(str) == "")
+        if "_no_group" in table:  # rows taken from another site's table (re-partitioned federations)
+            missing = missing | table["_no_group"].astype(bool)
+        table["_no_group"] = missing.to_numpy()
+        table["group"] = table["group"].where(~missing, table["case_id"]).astype(table["case_id"].dtype)
         duplicated = table["case_id"].duplicated(keep=False)
         for case_id in table.loc[duplicated, "case_id"].unique():
             sources = table.loc[table["case_id"] == case_id]
@@ -245,6 +334,7 @@ class Site(ABC):
             self._problems.append(self.problem(f"duplicate case id (sources: {where}); all copies excluded", case_id))
         table = table.loc[~duplicated].reset_index(drop=True)
         table.insert(1, "site", self.name)
+        table.insert(2, "group", table.pop("group"))
         if "split" in table:
             bad = ~table["split"].isin(SPLITS)
             for _, row in table[bad].iterrows():
@@ -252,14 +342,23 @@ class Site(ABC):
                     self.problem(f"split {row['split']!r} is not one of {', '.join(SPLITS)}", row["case_id"])
                 )
             table = table.loc[~bad].reset_index(drop=True)
+            self._report_straddling(table)
         else:
             table["split"] = assign_splits(
                 table["case_id"], self.split_config.val, self.split_config.test, self.split_config.seed,
-                strata=self._strata(table),
+                strata=self._strata(table), groups=table["group"],
             ) if len(table) else pd.Series(dtype=object)
         if len(table) == 0:
             self._problems.append(self.problem("site is empty: no usable case was found"))
         return table
+
+    def _report_straddling(self, table: pd.DataFrame) -> None:
+        """A source's own split (kept as it is) that puts one group in several splits: one warning per group."""
+        for group, splits in straddling_groups(table["group"], table["split"]).items():
+            cases = table.loc[table["group"] == group, "case_id"].tolist()
+            self._problems.append(self.warning(
+                f"the source's own split puts one {self.group_unit} (group {group}) in {', '.join(splits)} "
+                f"(cases {', '.join(cases[:6])}{', ...' if len(cases) > 6 else ''}); kept as given", cases[0]))
 
     def _strata(self, table: pd.DataFrame) -> pd.Series | None:
         column = self.split_config.stratify

@@ -1,4 +1,4 @@
-"""Brain-MRI glioma sites in the BraTS / FeTS layout: one folder per subject, one NIfTI per contrast.
+r"""Brain-MRI glioma sites in the BraTS / FeTS layout: one folder per subject, one NIfTI per contrast.
 
 Layout below ``root`` (source option ``naming``; ``auto`` detects it per subject folder):
 
@@ -22,7 +22,12 @@ Labels (BraTS convention; Menze et al., IEEE TMI 2015; Bakas et al., arXiv:1811.
 must use {0, 1, 2, 3} and 3 is remapped to 4 on loading, so **inside medfed ET is always 4**.
 The evaluation regions are TC = 1 + 4 (tumour core), WT = 1 + 2 + 4 (whole tumour), ET = 4.
 
-Case table: ``case_id`` (hash of the subject id), no label columns (``label_kind = "segmentation"``,
+Groups (the split unit): the subject. Longitudinal data sets hold several timepoints of one patient as
+separate subject folders; ``group_pattern`` (a regular expression searched in the subject id, first
+non-empty capture group = the key, e.g. ``^(.*)_tp\d+$`` for ``UCSF_0012_tp1``/``UCSF_0012_tp2``) keeps
+them in one split and one site; a subject id it does not match is its own group.
+
+Case table: ``case_id`` (hash of the subject id), ``group`` (keyed hash of the group key), no label columns (``label_kind = "segmentation"``,
 so splits are unstratified), metadata ``institution`` (partition id, or ``name`` without a CSV),
 ``shape`` (e.g. ``"48x56x48"``) and ``spacing_mm`` (e.g. ``"4.0x4.0x4.0"``), both from the headers.
 """
@@ -49,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from medfed.config import FederationConfig, resolve_path, validate_model
 from medfed.errors import ConfigError, MedfedError, Problem, describe_path
 from medfed.sites.base import ReferenceCase, Site, finite_problems
+from medfed.sites.common import compile_group_pattern, group_key_from_path
 from medfed.sites.nifti_io import (
     NiftiGeometry,
     UnreadableNifti,
@@ -86,6 +92,9 @@ class BratsSource(BaseModel):
     naming: Literal["auto", "brats", "fets2"] = "auto"
     enhancing_label: Literal[4, 3] = Field(4, description="ET label in the files: 4 (BraTS 2018-2022) or 3 (2023)")
     site_names: dict[str, str] = Field(default_factory=dict, description="Partition_ID -> site name")
+    group_pattern: str | None = Field(
+        None, description="regex with a capture group: subjects with the same key (timepoints) form one group"
+    )
     spatial_size: list[int] | None = Field(
         None, min_length=3, max_length=3, description="default_transform pads/crops (centred) to this size"
     )
@@ -102,6 +111,11 @@ class BratsSource(BaseModel):
         if "/" in value or "\\" in value or not value.strip():
             raise ValueError(f"must be non-empty and contain no path separator, got {value!r}")
         return value
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        return compile_group_pattern(value)
 
     @field_validator("spatial_size")
     @classmethod
@@ -122,6 +136,7 @@ class BratsSite(Site):
     label_kind = "segmentation"
     label_columns: list[str] = []
     metadata_columns = ["institution", "shape", "spacing_mm"]
+    group_unit = "subject"
 
     def __init__(
         self, name: str, root: Path, subjects: Sequence[str], options: BratsSource, institution: str, **kwargs: Any
@@ -136,7 +151,7 @@ class BratsSite(Site):
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
         problems: list[Problem] = []
         rows = [row for s in self.subjects if (row := self._subject_row(s, problems)) is not None]
-        columns = ["case_id", *self.metadata_columns, "_source_id", "_naming", *(f"_{k}" for k in FILES)]
+        columns = ["case_id", "group", *self.metadata_columns, "_source_id", "_naming", *(f"_{k}" for k in FILES)]
         return pd.DataFrame(rows, columns=columns), problems
 
     def _subject_row(self, subject: str, problems: list[Problem]) -> dict[str, Any] | None:
@@ -169,7 +184,8 @@ class BratsSite(Site):
             return None
         reference = geometries["t1"]
         return {
-            "case_id": case_id, "institution": self.institution, "shape": reference.shape_text,
+            "case_id": case_id, "group": self.hash_group(subject_group(subject, self.options.group_pattern)),
+            "institution": self.institution, "shape": reference.shape_text,
             "spacing_mm": reference.spacing_text, "_source_id": subject, "_naming": naming,
             **{f"_{k}": str(p) for k, p in paths.items()},
         }
@@ -214,6 +230,8 @@ class BratsSite(Site):
                 problems.extend(self._label_problems(data, case_id, rel))
             else:
                 problems.extend(finite_problems(self, data, case_id, rel))
+            if key == "t1":  # duplicate detection: digest of the volume, perceptual hash of its middle slice
+                self.record_pixels(case, data, preview=data[:, :, data.shape[2] // 2])
         problems.extend(self._geometry_problems(geometries, paths, case_id))
         return problems
 
@@ -307,6 +325,11 @@ class BratsSite(Site):
 
 
 # ---------------------------------------------------------------------------- layout helpers
+def subject_group(subject: str, pattern: str | None) -> str:
+    """The group key of a subject id: ``pattern``'s first capture group, or the subject itself."""
+    return (group_key_from_path(subject, pattern) if pattern else None) or subject
+
+
 def detect_naming(folder: Path, subject: str) -> str:
     """``"fets2"`` when the folder holds any FeTS task-2 file of ``subject``, else ``"brats"``."""
     for stem in NAMINGS["fets2"].values():
@@ -431,6 +454,7 @@ def source_sites(
 
     csv_path = find_partition_csv(options.partition_csv, root, config_dir)
     partitions, problems = read_partitions(csv_path, folders, root, options.name, site_of)
+    partitions, problems = _whole_groups(partitions, problems, options, site_of)
     unknown = sorted(set(options.site_names) - set(partitions), key=_partition_order)
     if unknown and partitions:
         problems.append(Problem(site=options.name, file=describe_path(csv_path, root), reason=(
@@ -440,6 +464,33 @@ def source_sites(
         for pid, members in partitions.items()
     ]
     return sites, problems
+
+
+def _whole_groups(
+    partitions: dict[str, list[str]], problems: list[Problem], options: BratsSource, site_of: Callable[[str], str]
+) -> tuple[dict[str, list[str]], list[Problem]]:
+    """With ``group_pattern``: subjects of one group (timepoints of one patient) in different partitions would put
+    one patient at two sites; each such subject is an error and is excluded from every partition."""
+    if options.group_pattern is None:
+        return partitions, problems
+    where: dict[str, set[str]] = {}
+    for pid, members in partitions.items():
+        for subject in members:
+            where.setdefault(subject_group(subject, options.group_pattern), set()).add(pid)
+    spread = {group for group, pids in where.items() if len(pids) > 1}
+    kept: dict[str, list[str]] = {}
+    for pid, members in partitions.items():
+        kept[pid] = []
+        for subject in members:
+            group = subject_group(subject, options.group_pattern)
+            if group in spread:
+                others = ", ".join(sorted(where[group] - {pid}))
+                problems.append(Problem(site=site_of(pid), case=subject, reason=(
+                    f"subject's group (group_pattern) also has subjects in partition(s) {others}: one patient may not "
+                    "span two sites; excluded from all")))
+            else:
+                kept[pid].append(subject)
+    return kept, problems
 
 
 def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:

@@ -1,4 +1,4 @@
-"""Chest X-ray sites: radiographs (DICOM, PNG or JPEG) with a label table, or class folders.
+r"""Chest X-ray sites: radiographs (DICOM, PNG or JPEG) with a label table, or class folders.
 
 Two layouts (source option ``layout``):
 
@@ -20,6 +20,18 @@ Metadata: CSV columns first; for DICOM what the CSV lacks comes from PatientAge,
 ViewPosition (see :mod:`medfed.sites.dicom_io`: identifying tags are never converted or kept). Ages
 are binned with :func:`~medfed.sites.identity.age_group`; case ids hash the image path relative to
 ``root``.
+
+Groups (the split unit, see :mod:`medfed.sites.base`), first that applies:
+
+1. ``group_column``: a column of the label table (patient, study, ...); a blank cell is an error;
+2. ``group_pattern``: a regular expression searched in the image path relative to ``root``, its first
+   non-empty capture group is the key (``(patient\d+)/`` for CheXpert's ``patient00012/study1/...``);
+   with ``class_folders`` the default is :data:`KERMANY_PATTERN` (``person123_bacteria_456.jpeg`` ->
+   ``person123``, ``IM-0115-0001.jpeg`` -> ``IM-0115``), and a file it does not match is its own group;
+3. DICOM files: PatientID, else StudyInstanceUID (read once, hashed at once, never kept).
+
+Header checks (warnings): a DICOM Modality other than CR/DX, a BodyPartExamined that is not a chest,
+and views outside ``expected_views`` (lateral images where frontal ones are expected).
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ from medfed.config import FederationConfig, resolve_path
 from medfed.errors import Problem, describe_path
 from medfed.sites.base import Site, finite_problems
 from medfed.sites.common import (
+    compile_group_pattern,
+    group_key_from_path,
     is_hidden,
     one_site_per_source,
     read_label_table,
@@ -44,7 +58,7 @@ from medfed.sites.common import (
 )
 from medfed.sites.dicom_io import DicomReadError, read_dicom_image, read_dicom_metadata
 from medfed.sites.identity import age_group, parse_dicom_age, population
-from medfed.sites.raster_io import RasterReadError, raster_format, read_raster, to_unit
+from medfed.sites.raster_io import RasterReadError, raster_format, raster_unit, read_raster
 from medfed.sites.splits import SPLITS
 
 #: suffixes read as DICOM (files without a suffix are DICOM too, as many PACS exports are)
@@ -56,6 +70,13 @@ LABEL_VALUES = (0, 1, UNCERTAIN)
 _SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "": "unknown", "U": "unknown", "UNKNOWN": "unknown",
         "O": "unknown", "OTHER": "unknown"}
 _LATERAL = {"LL", "RL", "LAT", "LATERAL", "XTABLE LATERAL"}
+#: Kermany et al. file names: ``person123_bacteria_456.jpeg`` (patient ``person123``) and
+#: ``IM-0115-0001.jpeg`` / ``NORMAL2-IM-1427-0001.jpeg`` (patient ``IM-0115`` / ``NORMAL2-IM-1427``)
+KERMANY_PATTERN = r"(?:^|/)(person\d+)_|(?:^|/)((?:NORMAL2-)?IM-\d+)-\d+"
+#: DICOM Modality values of projection radiographs
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+#: words of a BodyPartExamined value that mean a chest
+CHEST_PARTS = ("CHEST", "THORAX", "LUNG")
 
 
 class ChestXraySource(BaseModel):
@@ -82,18 +103,24 @@ class ChestXraySource(BaseModel):
     finding: str = Field("Pneumonia", description="label column of the class_folders layout")
     split_folders: bool = Field(False, description="root/{train,val,test}/<CLASS>/: keep the source's split")
     # --- both
+    group_column: str | None = Field(None, description="label-table column naming the patient/study (table layout)")
+    group_pattern: str | None = Field(None, description="regex with a capture group: the group key in the image path")
+    group_unit: str = Field("patient", min_length=1, description="what a group is: patient, study, ...")
+    expected_views: list[Literal["PA", "AP", "LAT"]] = Field(
+        default_factory=lambda: ["PA", "AP"], min_length=1, description="other known views are warnings")
     population: Literal["pediatric", "adult"] | None = Field(
         None, description="population of cases whose age is unknown (e.g. 'pediatric' for Kermany et al.)"
     )
     image_size: int = Field(128, ge=8, description="default_transform resizes images to image_size x image_size")
-    intensity: Literal["bits", "minmax"] = Field(
-        "bits", description="bits: scale by the stored bit depth (keeps exposure); minmax: per image"
+    intensity: Literal["voi", "percentile", "bits", "minmax"] = Field(
+        "voi", description="voi: the file's VOI LUT / window (else percentile); percentile: 0.5-99.5th "
+        "percentiles per image; bits: the stored bit depth; minmax: per image"
     )
 
     @model_validator(mode="after")
     def _layout_options(self) -> ChestXraySource:
         table_only = {"labels", "path_column", "findings", "uncertain", "blank", "age_column", "sex_column",
-                      "view_column", "frontal_lateral_column", "site_column", "site_value"}
+                      "view_column", "frontal_lateral_column", "site_column", "site_value", "group_column"}
         folder_only = {"classes", "finding", "split_folders"}
         wrong = sorted(self.model_fields_set & (folder_only if self.layout == "table" else table_only))
         if wrong:
@@ -104,6 +131,9 @@ class ChestXraySource(BaseModel):
             raise ValueError(f"findings: duplicate names in {self.findings}")
         if (self.site_column is None) != (self.site_value is None):
             raise ValueError("site_column and site_value go together")
+        if self.group_column is not None and self.group_pattern is not None:
+            raise ValueError("group_column and group_pattern: give one of them")
+        compile_group_pattern(self.group_pattern)
         return self
 
 
@@ -191,6 +221,7 @@ class ChestXraySite(Site):
         self.source = source
         self.root = root.resolve()
         self.label_columns = list(source.findings or []) if source.layout == "table" else [source.finding]
+        self.group_unit = source.group_unit
         super().__init__(source.name, **kwargs)
 
     # ------------------------------------------------------------------ indexing
@@ -204,7 +235,7 @@ class ChestXraySite(Site):
         else:
             records = self._folder_records(problems)
         rows = [row for record in records if (row := self._case_row(record, problems)) is not None]
-        columns = ["case_id", *self.label_columns, *self.metadata_columns, "_path", "_source_id"]
+        columns = ["case_id", "group", *self.label_columns, *self.metadata_columns, "_path", "_source_id"]
         if self.source.layout == "class_folders" and self.source.split_folders:
             columns.append("split")
         table = pd.DataFrame(rows, columns=columns)
@@ -218,6 +249,7 @@ class ChestXraySite(Site):
         csv_path = resolve_path(src.labels, self.root)
         csv_name = describe_path(csv_path, self.root)
         required = [src.path_column, *self.label_columns] + ([src.site_column] if src.site_column else [])
+        required += [src.group_column] if src.group_column else []
         frame = read_label_table(self, self.root, csv_path, src.path_column, required, problems)
         if frame is None:
             return []
@@ -273,7 +305,12 @@ class ChestXraySite(Site):
             view = normalise_view(row[src.view_column])
         if src.frontal_lateral_column and row.get(src.frontal_lateral_column, "").strip().lower() == "lateral":
             view = "LAT"
-        return {"rel": row["_rel"], "labels": labels, "age": age, "sex": sex, "view": view}, errors
+        group = None
+        if src.group_column:
+            group = row[src.group_column].strip()
+            if not group:
+                errors.append(f"group column {src.group_column!r} is empty (every image needs its {src.group_unit})")
+        return {"rel": row["_rel"], "labels": labels, "age": age, "sex": sex, "view": view, "group": group}, errors
 
     def _report_unlisted(self, listed: set[Path], csv_name: str, problems: list[Problem]) -> None:
         """Every image file below root that no row of the label table names (all rows, every site)."""
@@ -316,7 +353,7 @@ class ChestXraySite(Site):
                             file=rel))
                         continue
                     record = {"rel": rel, "labels": {src.finding: int(src.classes[entry.name])},
-                              "age": None, "sex": None, "view": None}
+                              "age": None, "sex": None, "view": None, "group": None}
                     if split is not None:
                         record["split"] = split
                     records.append(record)
@@ -337,6 +374,14 @@ class ChestXraySite(Site):
             problems.append(self.problem("image file does not exist", case, rel))
             return None
         age, sex, view = record["age"], record["sex"], record["view"]
+        group = record["group"]
+        pattern = self.source.group_pattern or (KERMANY_PATTERN if self.source.layout == "class_folders" else None)
+        if group is None and pattern is not None:
+            group = group_key_from_path(rel, pattern)
+            if group is None and self.source.group_pattern is not None:
+                problems.append(self.problem(
+                    f"image path does not match group_pattern {self.source.group_pattern!r}; excluded", case, rel))
+                return None
         if fmt == "dicom":
             try:
                 header = read_dicom_metadata(path)
@@ -347,15 +392,33 @@ class ChestXraySite(Site):
             if sex is None:
                 sex = _SEX.get(header.sex.upper(), "unknown")
             view = view if view is not None else normalise_view(header.view)
-        group = age_group(age)
-        pop = population(group)
+            if group is None and self.source.group_column is None and header.group_key:
+                group = f"{header.group_unit}|{header.group_key}"
+            problems.extend(self._header_warnings(header.modality, header.body_part, case, rel))
+        if view in ("PA", "AP", "LAT") and view not in self.source.expected_views:
+            problems.append(self.warning(
+                f"view {view} where this site expects {', '.join(self.source.expected_views)} "
+                "(set expected_views to keep it quietly, or remove the image)", case, rel))
+        key, age_bin = group, age_group(age)
+        pop = population(age_bin)
         if pop == "unknown" and self.source.population:
             pop = self.source.population
-        row = {"case_id": case, **record["labels"], "age_group": group, "population": pop,
+        row = {"case_id": case, "group": self.hash_group(key) if key else None, **record["labels"],
+               "age_group": age_bin, "population": pop,
                "sex": sex or "unknown", "view": view or "unknown", "format": fmt, "_path": str(path), "_source_id": rel}
         if "split" in record:
             row["split"] = record["split"]
         return row
+
+    def _header_warnings(self, modality: str, body_part: str, case: str, rel: str) -> list[Problem]:
+        """A DICOM that may not be a chest radiograph: Modality outside CR/DX, BodyPartExamined not a chest."""
+        warnings = []
+        if modality and modality.upper() not in RADIOGRAPH_MODALITIES:
+            warnings.append(self.warning(
+                f"DICOM Modality is {modality!r}, not a radiograph ({'/'.join(RADIOGRAPH_MODALITIES)})", case, rel))
+        if body_part and not any(word in body_part.upper() for word in CHEST_PARTS):
+            warnings.append(self.warning(f"DICOM BodyPartExamined is {body_part!r}, not a chest", case, rel))
+        return warnings
 
     # ------------------------------------------------------------------ reading
     def _read_pixels(self, case: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +428,7 @@ class ChestXraySite(Site):
             image = read_dicom_image(path)
             return image.pixels, image.to_unit(self.source.intensity)
         pixels = read_raster(path, "L")
-        return pixels, _minmax(pixels) if self.source.intensity == "minmax" else to_unit(pixels)
+        return pixels, raster_unit(pixels, self.source.intensity)
 
     def _check_case(self, case: pd.Series) -> list[Problem]:
         case_id, rel = case["case_id"], case["_source_id"]
@@ -379,6 +442,8 @@ class ChestXraySite(Site):
         if pixels.ndim != 2:
             problems.append(self.problem(f"expected a 2-D greyscale image, got shape {pixels.shape}", case_id, rel))
         problems.extend(finite_problems(self, np.asarray(pixels, dtype=np.float64), case_id, rel))
+        if pixels.ndim == 2:
+            self.record_pixels(case, pixels)
         for finding in self.label_columns:
             if case[finding] not in LABEL_VALUES:
                 problems.append(self.problem(f"label {finding!r} is {case[finding]!r}, not one of 1, 0, -1", case_id))
@@ -400,12 +465,6 @@ def _image_files(root: Path) -> list[Path]:
     """Files below ``root`` with an image suffix (hidden files and folders skipped)."""
     return [p.resolve() for p in root.rglob("*")
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not is_hidden(p, root)]
-
-
-def _minmax(pixels: np.ndarray) -> np.ndarray:
-    array = pixels.astype(np.float32)
-    lo, hi = float(array.min()), float(array.max())
-    return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
 
 
 def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -95,3 +96,33 @@ def read_label_table(
     frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
     frame["_rel"] = frame[path_column].map(posix_path)
     return frame
+
+
+def compile_group_pattern(value: str | None) -> str | None:
+    """Validate a ``group_pattern`` option: a regular expression with at least one capture group."""
+    if value is None:
+        return None
+    try:
+        compiled = re.compile(value)
+    except re.error as err:
+        raise ValueError(f"not a valid regular expression ({err}): {value!r}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"needs a capture group around the key, e.g. '(patient\\d+)/', got {value!r}")
+    return value
+
+
+def group_key_from_path(rel: str, pattern: str) -> str | None:
+    """The group key a ``group_pattern`` finds in a POSIX path: its first non-empty capture group (``None``
+    when the pattern does not match). E.g. ``(patient\\d+)/`` on ``images/patient00012/study1/view1.png``
+    gives ``patient00012``."""
+    match = re.search(pattern, rel)
+    if match is None:
+        return None
+    return next((g for g in match.groups() if g), None)
+
+
+def group_key_from_level(rel: str, level: int) -> str | None:
+    """The name of folder number ``level`` (0-based) of a POSIX path relative to the root (``None`` when the
+    path has no folder at that level): level 2 of ``Ia_COM/surface/stone_004/img_001.png`` is ``stone_004``."""
+    folders = rel.split("/")[:-1]
+    return folders[level] if level < len(folders) else None

@@ -98,6 +98,7 @@ class ConditionedSite(Site):
         self.label_kind = source.label_kind  # type: ignore[misc]
         self.label_columns = list(source.label_columns)
         self.metadata_columns = list(source.metadata_columns)
+        self.group_unit = source.group_unit
         super().__init__(source.name, federation=source.federation, split=source.split_config,
                          min_count=source.min_count)
 

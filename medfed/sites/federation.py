@@ -12,7 +12,7 @@ import pandas as pd
 from torch.utils.data import ConcatDataset
 
 from medfed.config import FederationConfig, load_federation_config
-from medfed.errors import ConfigError, DataProblems, Problem
+from medfed.errors import ConfigError, DataProblems, Problem, errors_only
 from medfed.sites.base import Site
 
 #: adapter name -> module exposing
@@ -63,12 +63,19 @@ class Federation:
         """All sites' datasets of a split, concatenated: the centralised (non-private) reference."""
         return ConcatDataset([s.dataset(split, transform) for s in self.sites])
 
-    def validate(self, progress: bool = False) -> list[Problem]:
-        """Every problem of every site (federation-level problems first)."""
+    def validate(self, progress: bool = False, allow_duplicates: bool = False) -> list[Problem]:
+        """Every problem of every site (federation-level problems first), then duplicate images within and across
+        sites (:func:`medfed.sites.leakage.duplicate_problems`; ``allow_duplicates`` makes train/test copies
+        warnings). Warnings are included: filter with :func:`medfed.errors.errors_only`."""
+        from medfed.sites.leakage import duplicate_problems
+
         problems = list(self.problems)
         for site in self.sites:
             problems.extend(site.validate(progress=progress))
-        return problems
+        prints = [fp for site in self.sites for fp in site.fingerprints]
+        groups = {(site.name, case): group for site in self.sites
+                  for case, group in zip(site.cases["case_id"], site.cases["group"], strict=True)}
+        return problems + duplicate_problems(prints, allow_duplicates=allow_duplicates, groups=groups)
 
 
 def build_federation(config: FederationConfig, config_dir: Path, source: Path | None = None) -> Federation:
@@ -94,7 +101,7 @@ def load_federation(path: str | Path, strict: bool = True) -> Federation:
     config = load_federation_config(path)
     federation = build_federation(config, path.parent.resolve(), path)
     if strict:
-        problems = federation.problems + [p for s in federation.sites for p in s.index_problems]
+        problems = errors_only(federation.problems + [p for s in federation.sites for p in s.index_problems])
         if problems:
             raise DataProblems(problems, f"federation {config.name} ({path})")
     return federation

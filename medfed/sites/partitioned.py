@@ -38,6 +38,7 @@ class PartitionedSite(Site):
         self.sources = list(sources)
         self.modality = first.modality  # type: ignore[misc]
         self.label_kind = first.label_kind  # type: ignore[misc]
+        self.group_unit = first.group_unit
         self.label_columns = list(first.label_columns)
         self.metadata_columns = [c for c in first.metadata_columns if all(c in s.metadata_columns for s in sources)]
         self._case_ids = set(case_ids)

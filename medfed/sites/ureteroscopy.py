@@ -26,6 +26,13 @@ Case table: ``case_id`` (hash of the image path relative to ``root``), ``stone_t
 label column used for stratified splits and summaries), ``label`` (int: index of ``stone_type`` in
 ``classes``, what tasks train on), metadata ``view``, ``source`` (data set / camera, option
 ``source_name``) and ``format`` (``png``, ``jpeg``, ``bmp``, ``tiff``). Images carry no patient data.
+
+Groups (the split unit, ``group_unit``, default ``stone``): frames of one stone (or one procedure video, or
+one patient) must stay in one split. ``group_column`` names a CSV column holding the key (``flat_csv``; a
+blank cell is an error); ``group_level`` takes the name of folder number N (0-based) of the image path
+relative to ``root`` (``class_view_folders``: 0 class, 1 view, 2 the first folder below the view, so
+``Ia_COM/surface/stone_004/img_001.png`` with ``group_level: 2`` is stone ``stone_004``, and its section
+view ``Ia_COM/section/stone_004/...`` joins it). Without either, each image is its own group.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from medfed.sites.base import Site, finite_problems
 from medfed.sites.common import (
     is_hidden,
     one_site_per_source,
+    group_key_from_level,
     read_label_table,
     resize_2d_transform,
     visible_entries,
@@ -57,7 +65,7 @@ DEFAULT_VIEWS: tuple[str, ...] = ("surface", "section")
 IMAGE_FORMATS: dict[str, str] = {
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff",
 }
-_CSV_ONLY = frozenset({"labels", "path_column", "class_column", "view_column"})
+_CSV_ONLY = frozenset({"labels", "path_column", "class_column", "view_column", "group_column"})
 
 
 class UreteroscopySource(BaseModel):
@@ -76,7 +84,10 @@ class UreteroscopySource(BaseModel):
     path_column: str = "file"
     class_column: str = "stone_type"
     view_column: str = "view"
+    group_column: str | None = Field(None, description="CSV column naming the stone / video / patient (flat_csv)")
     # --- both
+    group_level: int | None = Field(None, ge=0, description="folder level of the image path naming the group")
+    group_unit: str = Field("stone", min_length=1, description="what a group is: stone, video, patient, ...")
     image_size: int = Field(64, ge=8, description="default_transform resizes images to image_size x image_size")
     min_side: int = Field(16, ge=1, description="images with a side shorter than this (pixels) are a problem")
 
@@ -92,6 +103,8 @@ class UreteroscopySource(BaseModel):
                 raise ValueError(f"{field}: duplicate names in {values}")
             if any(not v.strip() or "/" in v or "\\" in v for v in values):
                 raise ValueError(f"{field}: names must be non-empty and contain no path separator, got {values}")
+        if self.group_column is not None and self.group_level is not None:
+            raise ValueError("group_column and group_level: give one of them")
         return self
 
 
@@ -113,6 +126,7 @@ class UreteroscopySite(Site):
         self.root = root.resolve()
         self.classes: list[str] = list(source.classes)
         self.views: list[str] = list(source.views)
+        self.group_unit = source.group_unit
         super().__init__(source.name, **kwargs)
 
     @property
@@ -126,20 +140,20 @@ class UreteroscopySite(Site):
     # ------------------------------------------------------------------ indexing
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
         problems: list[Problem] = []
-        records: list[tuple[str, str, str]] = []  # (relative path, class, view)
+        records: list[tuple[str, str, str, str | None]] = []  # (relative path, class, view, group key)
         if not self.root.is_dir():
             problems.append(self.problem("data folder (root) not found", file=str(self.root)))
         elif self.source.layout == "class_view_folders":
             records = self._folder_records(problems)
         else:
             records = self._csv_records(problems)
-        rows = [row for rel, cls, view in records if (row := self._case_row(rel, cls, view, problems)) is not None]
-        columns = ["case_id", "stone_type", "label", *self.metadata_columns, "_path", "_source_id"]
+        rows = [row for record in records if (row := self._case_row(*record, problems)) is not None]
+        columns = ["case_id", "group", "stone_type", "label", *self.metadata_columns, "_path", "_source_id"]
         table = pd.DataFrame(rows, columns=columns)
         table["label"] = table["label"].astype("int64")
         return table, problems
 
-    def _folder_records(self, problems: list[Problem]) -> list[tuple[str, str, str]]:
+    def _folder_records(self, problems: list[Problem]) -> list[tuple[str, str, str, str | None]]:
         """``root/<class>/<view>/...`` -> records; unknown folders and stray files become problems."""
         records = []
         for class_dir in visible_entries(self.root):
@@ -174,15 +188,15 @@ class UreteroscopySite(Site):
                         problems.append(self.problem(
                             f"not an image file (expected {', '.join(IMAGE_FORMATS)}); excluded", file=rel))
                         continue
-                    records.append((rel, class_dir.name, view_dir.name))
+                    records.append((rel, class_dir.name, view_dir.name, None))
         return records
 
-    def _csv_records(self, problems: list[Problem]) -> list[tuple[str, str, str]]:
+    def _csv_records(self, problems: list[Problem]) -> list[tuple[str, str, str, str | None]]:
         """Rows of the label CSV; defective rows and images the CSV does not list become problems."""
         src = self.source
         csv_path = resolve_path(src.labels, self.root)
         csv_name = describe_path(csv_path, self.root)
-        required = [src.path_column, src.class_column, src.view_column]
+        required = [src.path_column, src.class_column, src.view_column] + ([src.group_column] if src.group_column else [])
         frame = read_label_table(self, self.root, csv_path, src.path_column, required, problems)
         if frame is None:
             return []
@@ -212,15 +226,27 @@ class UreteroscopySite(Site):
                 errors.append(f"{src.class_column!r} has unknown value {cls!r} (classes: {', '.join(self.classes)})")
             if view not in self.views:
                 errors.append(f"{src.view_column!r} has unknown value {view!r} (views: {', '.join(self.views)})")
+            group = row[src.group_column].strip() if src.group_column else None
+            if group == "":
+                errors.append(f"group column {src.group_column!r} is empty (every image needs its {src.group_unit})")
             if errors:
                 problems.append(self.problem(f"{where}: {'; '.join(errors)}; excluded", case, rel))
                 continue
-            records.append((rel, cls, view))
+            records.append((rel, cls, view, group))
         return records
 
-    def _case_row(self, rel: str, cls: str, view: str, problems: list[Problem]) -> dict[str, Any] | None:
-        """The case-table row of one image; the file must exist and have an image suffix."""
+    def _case_row(
+        self, rel: str, cls: str, view: str, group: str | None, problems: list[Problem]
+    ) -> dict[str, Any] | None:
+        """The case-table row of one image; the file must exist and have an image suffix, and with ``group_level``
+        its path must have a folder at that level."""
         case = self.hash_id(rel)
+        if self.source.group_level is not None:
+            group = group_key_from_level(rel, self.source.group_level)
+            if group is None:
+                problems.append(self.problem(
+                    f"image path has no folder at group_level {self.source.group_level}; excluded", case, rel))
+                return None
         path = resolve_path(rel, self.root)
         fmt = image_format(path)
         if fmt is None:
@@ -230,7 +256,8 @@ class UreteroscopySite(Site):
         if not path.is_file():
             problems.append(self.problem("image file does not exist", case, rel))
             return None
-        return {"case_id": case, "stone_type": cls, "label": self.classes.index(cls), "view": view,
+        return {"case_id": case, "group": self.hash_group(group) if group else None, "stone_type": cls,
+                "label": self.classes.index(cls), "view": view,
                 "source": self.source.source_name or self.name, "format": fmt, "_path": str(path), "_source_id": rel}
 
     # ------------------------------------------------------------------ reading
@@ -250,6 +277,7 @@ class UreteroscopySite(Site):
             problems.append(self.problem(
                 f"image is {height}x{width} pixels, smaller than min_side {self.source.min_side}", case_id, rel))
         problems.extend(finite_problems(self, pixels, case_id, rel))
+        self.record_pixels(case, pixels)
         return problems
 
     def _load_case(self, case: pd.Series) -> dict[str, Any]:

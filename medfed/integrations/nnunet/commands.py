@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medfed.errors import ConfigError, DataProblems, MedfedError, Problem
+from medfed.errors import ConfigError, DataProblems, MedfedError, Problem, errors_only
 from medfed.integrations.nnunet.export import (
     ExportedDataset,
     check_request,
@@ -38,7 +38,7 @@ def plan(sites: Path, out: Path, dataset_id: int, name: str, planner: str = "Exp
     """
     federation = load_federation(sites)
     check_request(dataset_id, name, list(federation), per_site=False)
-    problems = federation.validate(progress=progress)
+    problems = errors_only(federation.validate(progress=progress))
     if problems:
         raise DataProblems(problems)
     fingerprint = federated_fingerprint(list(federation), bins=bins)

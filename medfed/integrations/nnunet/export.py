@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from medfed.errors import ConfigError, DataProblems, MedfedError
+from medfed.errors import ConfigError, DataProblems, MedfedError, errors_only
 from medfed.sites.base import Site
 
 #: nnU-Net channel names in medfed's BraTS channel order (``medfed.sites.brats.MODALITIES``)
@@ -183,7 +183,7 @@ def export_federation(sites: Sequence[Site], out: Path | str, dataset_id: int, n
     """Validate every site (all problems at once), then write one pooled dataset, or with ``per_site`` one
     dataset per site (ids ``dataset_id``, ``dataset_id + 1``, ...; names ``<NAME>_<site>``)."""
     check_request(dataset_id, name, sites, per_site)
-    problems = [p for site in sites for p in site.validate(progress=progress)]
+    problems = errors_only([p for site in sites for p in site.validate(progress=progress)])
     if problems:
         raise DataProblems(problems)
     out = Path(out)
