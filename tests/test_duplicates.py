@@ -223,3 +223,41 @@ def test_popcount_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     prints = planted(500, seed=3)
     monkeypatch.setattr(module, "_popcount", popcount_table)  # as on numpy < 2
     assert set(near_duplicates(prints)) == brute_force(prints, 4)
+
+
+def test_integral_values_hash_compactly_whatever_the_dtype():
+    values = np.arange(-3, 300, dtype=np.int64).reshape(3, 101)
+    digests = {pixel_digest(values.astype(t)) for t in (np.int16, np.int32, np.int64, np.float32, np.float64)}
+    assert len(digests) == 1
+    fractional = values.astype(np.float64) + 0.5
+    assert pixel_digest(fractional) != pixel_digest(values) == pixel_digest(np.floor(fractional))
+    assert pixel_digest(np.array([[1.0, np.nan]])) == pixel_digest(np.array([[1, np.nan]], dtype=np.float32))
+
+
+def test_perceptual_hashes_gives_the_coarse_and_the_fine_hash():
+    from medfed.sites.duplicates import perceptual_hashes
+
+    image = np.random.default_rng(3).integers(0, 4096, (48, 40)).astype(np.uint16)
+    coarse, fine = perceptual_hashes(image)
+    assert coarse == perceptual_hash(image) and fine == perceptual_hash(image, hash_size=16)
+    assert fine.bit_length() <= 256 and coarse.bit_length() <= 64
+
+
+def test_fast_hashes_follow_imagehash_and_tolerate_re_encoding():
+    from medfed.sites.duplicates import fast_perceptual_hashes, hamming, perceptual_hashes
+
+    rng = np.random.default_rng(11)
+    y, x = np.mgrid[0:96, 0:80]
+    image = (1000 + 800 * np.sin(x / 9.0) * np.cos(y / 13.0) + 300 * (x > 40) + rng.normal(0, 20, x.shape))
+    fast, reference = fast_perceptual_hashes(image), perceptual_hashes(image)
+    assert hamming(fast[0], reference[0]) <= 6 and hamming(fast[1], reference[1]) <= 24  # same recipe, area resampling
+    noisy = image + rng.normal(0, 15, image.shape)
+    rescaled = 0.5 * image + 100  # another window / bit depth
+    rgb = np.repeat(image[:, :, None], 3, axis=2)
+    for copy in (noisy, rescaled, rgb, image.astype(np.float32)):
+        hashes = fast_perceptual_hashes(copy)
+        assert hamming(hashes[0], fast[0]) <= 4 and hamming(hashes[1], fast[1]) <= 16
+    other = fast_perceptual_hashes(rng.normal(0, 1, image.shape))
+    assert hamming(other[1], fast[1]) > 64
+    assert fast_perceptual_hashes(np.full((10, 10), 7.0)) == (0, 0) == perceptual_hashes(np.full((10, 10), 7.0))
+    assert fast_perceptual_hashes(np.full((10, 10), np.nan)) == (0, 0)

@@ -137,3 +137,16 @@ def test_validate_prints_the_split_unit_and_groups(tmp_path, capsys):
     main(["validate", str(config), "--no-progress", "--allow-duplicates"])
     out = capsys.readouterr().out
     assert "unit" in out and "patient" in out and "max/group" in out
+
+
+def test_near_duplicates_need_the_fine_hash_to_agree():
+    from medfed.sites.duplicates import ImageFingerprint
+    from medfed.sites.leakage import FINE_DISTANCE, duplicate_problems
+
+    a = ImageFingerprint("s", "c1", "a.png", "train", "d1", phash=0b1011, fine_phash=(1 << 200) - 1)
+    close = ImageFingerprint("s", "c2", "b.png", "test", "d2", phash=0b1010, fine_phash=(1 << 200) - 1 - (1 << 7))
+    far = ImageFingerprint("s", "c3", "c.png", "test", "d3", phash=0b1011, fine_phash=(1 << (FINE_DISTANCE + 1)) - 1)
+    problems = duplicate_problems([a, close, far])
+    assert len(problems) == 1 and "b.png" in problems[0].reason and not problems[0].is_error
+    same_patient = duplicate_problems([a, close], groups={("s", "c1"): "g", ("s", "c2"): "g"})
+    assert same_patient == []

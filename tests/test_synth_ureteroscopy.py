@@ -1,8 +1,9 @@
-"""The synthetic ureteroscopy federation: layout, counts, read-back, cameras, distinct classes, determinism."""
+"""The synthetic ureteroscopy federation: layout, counts, stones, read-back, cameras, distinct classes, determinism."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,14 @@ from medfed.sites import load_federation
 from medfed.sites.ureteroscopy import DEFAULT_CLASSES, DEFAULT_VIEWS
 from medfed.synth.ureteroscopy import (
     CLASSES,
+    FRAMES_PER_STONE,
     SITES,
     VIEWS,
     acquire,
+    draw_stone,
     render_stone,
     site_cases,
+    stone_sizes,
     write_ureteroscopy,
 )
 
@@ -53,6 +57,8 @@ def test_config_loads_with_zero_problems_and_expected_counts(small):
     federation = load_federation(config)  # strict: raises on any indexing problem
     assert federation.site_names == ["dataset-a", "dataset-b"]
     assert federation.validate() == []
+    assert [s.cases["group"].nunique() for s in federation] == [len({f.stone for f in site_cases(spec, "small")})
+                                                                for spec in SITES]
     for site in federation:
         spec = SPECS[site.name]
         counts = site.cases.groupby(["stone_type", "view"]).size().to_dict()
@@ -65,16 +71,22 @@ def test_config_loads_with_zero_problems_and_expected_counts(small):
     assert [s["layout"] for s in sources] == ["class_view_folders", "flat_csv"]
     assert all(not Path(s["root"]).is_absolute() for s in sources)
     assert {s["image_size"] for s in sources} == {32}
+    assert sources[0]["group_level"] == 2 and "group_column" not in sources[0]
+    assert sources[1]["group_column"] == "stone" and "group_level" not in sources[1]
 
 
 def test_layouts_formats_and_shapes(small):
     a, b = small / "ureteroscopy" / "dataset-a", small / "ureteroscopy" / "dataset-b"
     assert sorted(p.name for p in a.iterdir()) == sorted(CLASSES)
     assert all(sorted(p.name for p in (a / c).iterdir()) == sorted(VIEWS) for c in CLASSES)
-    image = Image.open(a / "Ia_COM" / "surface" / "img_000.png")
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    pattern = rf"({'|'.join(CLASSES)})/({'|'.join(VIEWS)})/stone_\d{{3}}/img_\d{{3}}\.png"
+    assert len(files) == 34 and all(re.fullmatch(pattern, f) for f in files)
+    image = Image.open(min((a / "Ia_COM" / "surface").rglob("*.png")))
     assert (image.format, image.mode, image.size) == ("PNG", "RGB", (64, 64))
     table = pd.read_csv(b / "labels.csv")
-    assert list(table.columns) == ["file", "stone_type", "view"]
+    assert list(table.columns) == ["file", "stone_type", "view", "stone"]
+    assert table["stone"].str.fullmatch(r"b-stone-\d{3}").all()
     assert table["file"].is_monotonic_increasing and table["file"].str.match(r"frames/frame_\d{5}\.jpg$").all()
     assert sorted(str(p.relative_to(b)) for p in (b / "frames").iterdir()) == table["file"].tolist()
     # flat file names do not encode the class: the first rows are not all one class
@@ -166,15 +178,94 @@ def test_same_seed_same_bytes_other_seed_other_pixels(small, tmp_path):
     assert again.read_bytes() == (small / "sites" / "ureteroscopy.yaml").read_bytes()
     write_ureteroscopy(tmp_path / "other", scale="small", seed=1)
     first, second = pixels(small / "ureteroscopy"), pixels(tmp_path / "other" / "ureteroscopy")
-    assert first.keys() == second.keys()
-    assert all(first[k] != second[k] for k in first)
+    assert len(first) == len(second)  # dataset-a paths name the stones, which another seed deals differently
+    assert not set(first.values()) & set(second.values())
 
 
 def test_rewrite_replaces_previous_output(tmp_path):
     out = tmp_path / "o"
     write_ureteroscopy(out, scale="small", seed=0)
-    stale = out / "ureteroscopy" / "dataset-a" / "Ia_COM" / "surface" / "stale.png"
+    stale = out / "ureteroscopy" / "dataset-a" / "Ia_COM" / "surface" / "stone_999" / "stale.png"
+    stale.parent.mkdir()
     stale.write_bytes(b"x")
     write_ureteroscopy(out, scale="small", seed=0)
     assert not stale.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+# ---------------------------------------------------------------------------- stones
+def stones_on_disk(small: Path) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """site -> stone -> [(type, view)] of its frames, read from the files (folders of A, ``stone`` column of B)."""
+    a, b = small / "ureteroscopy" / "dataset-a", small / "ureteroscopy" / "dataset-b"
+    out: dict[str, dict[str, list[tuple[str, str]]]] = {"dataset-a": {}, "dataset-b": {}}
+    for path in sorted(a.rglob("*.png")):
+        cls, view, stone, _ = path.relative_to(a).parts
+        out["dataset-a"].setdefault(stone, []).append((cls, view))
+    for row in pd.read_csv(b / "labels.csv").itertuples():
+        out["dataset-b"].setdefault(row.stone, []).append((row.stone_type, row.view))
+    return out
+
+
+def test_frames_of_a_stone_share_its_type_and_a_stone_has_two_to_five(small):
+    low, high = FRAMES_PER_STONE
+    for site, stones in stones_on_disk(small).items():
+        assert len(stones) < sum(map(len, stones.values()))
+        for frames in stones.values():
+            assert low <= len(frames) <= high
+            assert len({cls for cls, _ in frames}) == 1
+        assert any(len({view for _, view in frames}) == 2 for frames in stones.values()), site
+        spec = SPECS[site]
+        expected = site_cases(spec, "small")
+        assert sorted((cls, view) for frames in stones.values() for cls, view in frames) == sorted(
+            (f.stone_type, f.view) for f in expected)
+    # a dataset-a stone seen in both views keeps its folder name under both view folders of its class
+    a = small / "ureteroscopy" / "dataset-a"
+    for cls in CLASSES:
+        surface = {p.name for p in (a / cls / "surface").iterdir()}
+        section = {p.name for p in (a / cls / "section").iterdir()}
+        others = {p.name for c in CLASSES if c != cls for v in VIEWS for p in (a / c / v).iterdir()}
+        assert not (surface | section) & others
+
+
+def test_adapter_keeps_each_stone_in_one_split(small):
+    for site in load_federation(small / "sites" / "ureteroscopy.yaml"):
+        per_group = site.cases.groupby("group")
+        assert (per_group["split"].nunique() == 1).all() and (per_group["stone_type"].nunique() == 1).all()
+
+
+def test_stone_sizes_and_frames_at_every_scale():
+    """Cheap (no pixels): frames per (class, view) as `SiteSpec.count`, 2-5 frames per stone, one type per stone."""
+    for total in range(2, 40):
+        sizes = stone_sizes(rng_for(total, "sizes"), total)
+        assert sum(sizes) == total and all(2 <= k <= 5 for k in sizes)
+    for scale in ("small", "demo", "full"):
+        for spec in SITES:
+            frames = site_cases(spec, scale, seed=3)
+            counts = pd.Series([(f.stone_type, f.view) for f in frames]).value_counts().to_dict()
+            assert counts == {(c, v): spec.count(scale, c) for c in CLASSES for v in VIEWS}
+            stones: dict[int, list] = {}
+            for f in frames:
+                stones.setdefault(f.stone, []).append(f)
+            assert sorted(stones) == list(range(len(stones)))
+            for members in stones.values():
+                assert len({f.stone_type for f in members}) == 1
+                assert [f.frame for f in members] == list(range(len(members)))
+                views = [VIEWS.index(f.view) for f in members]
+                assert views == sorted(views)  # surface frames first, then the section
+
+
+def test_frames_of_one_stone_look_alike():
+    """Same stone, other pose, wall, light and noise: closer in colour and texture than two stones of one type."""
+    def frame(cls: str, stone: int, shot: int) -> np.ndarray:
+        body = draw_stone(rng_for(0, "stone", cls, stone), cls)
+        rng = rng_for(0, "shot", cls, stone, shot)
+        return features(acquire(rng, render_stone(rng, (64, 64), cls, "surface", stone=body), SITES[0]))
+
+    same, other = [], []
+    for cls in CLASSES:
+        for stone in range(4):
+            same.append(np.abs(frame(cls, stone, 0) - frame(cls, stone, 1)))
+            other.append(np.abs(frame(cls, stone, 0) - frame(cls, stone + 4, 0)))
+    assert np.mean(same) < np.mean(other)
+    with pytest.raises(ValueError, match="not 'Ia_COM'"):
+        render_stone(rng_for(0), (32, 32), "Ia_COM", "surface", stone=draw_stone(rng_for(0), "IIa_COD", 32))

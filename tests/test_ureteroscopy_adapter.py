@@ -70,7 +70,9 @@ def test_both_layouts_index_with_public_columns_only(small):
     assert a.source.layout == "class_view_folders" and b.source.layout == "flat_csv"
     for site in federation:
         table = site.cases
-        assert list(table.columns) == ["case_id", "site", "stone_type", "label", "view", "source", "format", "split"]
+        assert list(table.columns) == ["case_id", "site", "group", "stone_type", "label", "view", "source", "format",
+                                       "split"]
+        assert site.split_unit == "stone" and table["group"].nunique() < len(table)
         assert site.label_columns == ["stone_type"] and site.primary_label == "stone_type"
         assert site.label_kind == "classification" and site.modality == "ureteroscopy"
         assert table["label"].dtype == np.int64
@@ -80,9 +82,10 @@ def test_both_layouts_index_with_public_columns_only(small):
     assert set(a.cases["format"]) == {"png"} and set(b.cases["format"]) == {"jpeg"}
     assert set(a.cases["source"]) == {"A-exvivo-camera"} and set(b.cases["source"]) == {"B-ureteroscope"}
     # case ids hash the path relative to root; paths stay private
-    rel = "Ia_COM/surface/img_000.png"
+    rel = "Ia_COM/surface/stone_002/img_000.png"
     assert hash_case_id(rel, "dataset-a") in set(a.cases["case_id"])
     assert "img_000" not in a.cases.to_csv() and "frame_" not in b.cases.to_csv()
+    assert "stone_0" not in a.cases.to_csv() and "b-stone" not in b.cases.to_csv()
 
 
 def test_source_defaults_to_site_name_and_summary_counts(broken):
@@ -121,7 +124,9 @@ def test_custom_classes_views_and_csv_columns(tmp_path):
         "labels": "meta.csv", "path_column": "path", "class_column": "type", "view_column": "v", "image_size": 16}]}))
     site = load_federation(config)["s"]
     assert sorted(site.cases["label"]) == [0, 0, 1, 1]
-    assert site.validate() == []
+    assert [p.reason for p in site.validate()] == [
+        "split unit: image; no stone key (each image is its own group, so one stone's images may fall into "
+        "different splits)"]
     batch = next(iter(DataLoader(site.dataset(["train", "val", "test"]), batch_size=4)))
     assert batch["image"].shape == (4, 3, 16, 16)
 
@@ -132,15 +137,15 @@ def test_folder_layout_problems_all_reported_at_once(broken):
     shutil.copytree(a / "Ia_COM", a / "Ib_Unknown")  # unknown class folder
     shutil.copytree(a / "IIa_COD" / "surface", a / "IIa_COD" / "mixed")  # unknown view folder
     (a / "IIa_COD" / "section" / "notes.txt").write_text("not an image")  # non-image file
-    shutil.copy(a / "Ia_COM" / "surface" / "img_000.png", a / "IIa_COD" / "stray.png")  # outside a view folder
-    shutil.copy(a / "Ia_COM" / "surface" / "img_000.png", a / "stray_top.png")  # outside a class folder
+    shutil.copy(a / "Ia_COM" / "surface" / "stone_002" / "img_000.png", a / "IIa_COD" / "stray.png")  # outside a view folder
+    shutil.copy(a / "Ia_COM" / "surface" / "stone_002" / "img_000.png", a / "stray_top.png")  # outside a class folder
     (a / "README.txt").write_text("top-level notes are not data")
     (a / "IVc_Struvite" / "section" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored
-    truncated = a / "Ia_COM" / "surface" / "img_001.png"
+    truncated = a / "Ia_COM" / "surface" / "stone_002" / "img_001.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
-    constant = a / "Ia_COM" / "section" / "img_000.png"
+    constant = a / "Ia_COM" / "section" / "stone_002" / "img_002.png"
     write_rgb(constant, np.full((64, 64, 3), 120, np.uint8))
-    tiny = a / "IIIa_UricAcid" / "surface" / "img_000.png"
+    tiny = a / "IIIa_UricAcid" / "surface" / "stone_008" / "img_000.png"
     write_rgb(tiny, np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8))
 
     with pytest.raises(DataProblems) as err:
@@ -162,18 +167,18 @@ def test_folder_layout_problems_all_reported_at_once(broken):
     problems = site.validate()
     text = reasons(problems)
     assert len(problems) == 5 + 3, text
-    assert "Ia_COM/surface/img_001.png: unreadable PNG image" in text
-    assert "Ia_COM/section/img_000.png: image is empty" in text
-    assert "IIIa_UricAcid/surface/img_000.png: image is 8x12 pixels, smaller than min_side 16" in text
+    assert "Ia_COM/surface/stone_002/img_001.png: unreadable PNG image" in text
+    assert "Ia_COM/section/stone_002/img_002.png: image is empty" in text
+    assert "IIIa_UricAcid/surface/stone_008/img_000.png: image is 8x12 pixels, smaller than min_side 16" in text
     assert federation["dataset-b"].validate() == []  # the other site is untouched
     assert "Traceback" not in text
 
 
 def test_load_of_unreadable_case_is_a_clear_error(broken):
-    path = broken / "ureteroscopy" / "dataset-a" / "Ia_COM" / "surface" / "img_000.png"
+    path = broken / "ureteroscopy" / "dataset-a" / "Ia_COM" / "surface" / "stone_002" / "img_000.png"
     path.write_bytes(path.read_bytes()[:150])
     site = load_federation(config_of(broken))["dataset-a"]
-    case_id = hash_case_id("Ia_COM/surface/img_000.png", "dataset-a")
+    case_id = hash_case_id("Ia_COM/surface/stone_002/img_000.png", "dataset-a")
     dataset = site.dataset(["train", "val", "test"])
     position = next(i for i, row in enumerate(dataset.data) if row["case_id"] == case_id)
     with pytest.raises(MedfedError, match=f"site dataset-a, case {case_id}: could not be loaded .*Truncated"):
@@ -219,7 +224,7 @@ def test_csv_missing_column_is_named(broken):
     pd.read_csv(b / "labels.csv").drop(columns=["view"]).to_csv(b / "labels.csv", index=False)
     site = load_federation(config_of(broken), strict=False)["dataset-b"]
     text = reasons(site.index_problems)
-    assert "labels.csv: label table lacks required column(s) 'view' (found: 'file', 'stone_type')" in text
+    assert "labels.csv: label table lacks required column(s) 'view' (found: 'file', 'stone_type', 'stone')" in text
     assert "site is empty" in text
     assert len(site) == 0 and site.validate() == site.index_problems
 

@@ -142,12 +142,12 @@ class Site(ABC):
         """Keep a fingerprint of a case's decoded pixels during :meth:`validate` for the duplicate checks of
         :func:`medfed.sites.leakage.duplicate_problems`: the exact digest of ``pixels`` and the perceptual hash of
         ``preview`` (a 2-D view of a volume; default ``pixels``). Called by ``_check_case``."""
-        from medfed.sites.duplicates import ImageFingerprint, perceptual_hash, pixel_digest
+        from medfed.sites.duplicates import ImageFingerprint, fast_perceptual_hashes, pixel_digest
 
+        coarse, fine = fast_perceptual_hashes(pixels if preview is None else preview)
         self._fingerprints.append(ImageFingerprint(
             site=self.name, case=str(case["case_id"]), file=str(case.get("_source_id", case["case_id"])),
-            split=str(case["split"]), digest=pixel_digest(pixels),
-            phash=perceptual_hash(pixels if preview is None else preview)))
+            split=str(case["split"]), digest=pixel_digest(pixels), phash=coarse, fine_phash=fine))
 
     # ----------------------------------------------------------------- public API
     @property

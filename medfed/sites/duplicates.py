@@ -15,6 +15,7 @@ duplicate in both ``train`` and ``test``) and what is a warning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from medfed.errors import MedfedError
 DIGEST_CHARS = 32  # hex characters kept of the SHA-256 (128 bits)
 HASH_BITS = 64  # perceptual hash size (imagehash.phash, hash_size 8)
 _CHUNK = 1 << 20  # elements cast to float64 at a time by pixel_digest (8 MiB)
+FINE_HASH_SIZE = 16  # the confirming perceptual hash: imagehash.phash with hash_size 16 (256 bits)
+#: integer types pixel_digest stores integral values as, smallest first (the first that holds min and max)
+_INTEGER_TYPES = ("<u1", "<i1", "<u2", "<i2", "<u4", "<i4", "<i8")
 _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -41,6 +45,7 @@ class ImageFingerprint:
     split: str
     digest: str  # pixel_digest of the decoded array
     phash: int  # perceptual_hash, 0 <= phash < 2**64
+    fine_phash: int = 0  # perceptual_hash(..., hash_size=16), 0 <= fine_phash < 2**256 (0: not computed)
 
 
 class TooManyNearDuplicates(MedfedError):
@@ -58,25 +63,54 @@ def pixel_digest(pixels: np.ndarray) -> str:
     """SHA-256 (first 32 hex characters) of a decoded array's shape and values.
 
     Contract: the digest depends only on the shape and the values, not on dtype, byte order or memory
-    layout: values are cast to little-endian float64 in C order, ``-0.0`` counts as ``0.0`` and every NaN
-    hashes alike. So the same image decoded as uint16, int16 or float gives the same digest, while one
-    changed pixel or a transposed array gives another. Integers above 2**53 in magnitude lose precision
-    in the cast (no imaging format stores such pixels). Memory: one float64 chunk of 2**20 values at a time
-    (plus a C-order copy of a non-contiguous input). Complex and non-numeric arrays raise ``TypeError``.
+    layout, so the same image decoded as uint16, int16 or float gives the same digest, while one changed
+    pixel or a transposed array gives another. Values that are all finite integers are hashed as the
+    smallest integer type of :data:`_INTEGER_TYPES` holding their minimum and maximum (most images: one or
+    two bytes a pixel, so hashing costs about what reading does); other arrays as little-endian float64,
+    ``-0.0`` counting as ``0.0`` and every NaN alike. The type chosen is part of the hashed header. Integers
+    above 2**53 in magnitude lose precision in the float path (no imaging format stores such pixels).
+    Complex and non-numeric arrays raise ``TypeError``.
     """
     array = np.asarray(pixels)
     if array.dtype != np.bool_ and (not np.issubdtype(array.dtype, np.number)
                                     or np.issubdtype(array.dtype, np.complexfloating)):
         raise TypeError(f"pixel_digest needs a real numeric array, got dtype {array.dtype}")
+    flat = array.ravel(order="C")
+    compact = _integer_type(flat)
     sha = hashlib.sha256()
     sha.update(np.asarray([array.ndim, *array.shape], dtype="<i8").tobytes())
-    flat = array.ravel(order="C")
+    sha.update((compact or "<f8").encode())
     for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start:start + _CHUNK].astype("<f8")
+        chunk = flat[start:start + _CHUNK]
+        if compact is not None:
+            sha.update(np.ascontiguousarray(chunk, dtype=compact).data)  # no copy when already of that type
+            continue
+        chunk = chunk.astype("<f8")
         chunk += 0.0  # -0.0 -> 0.0
         chunk[np.isnan(chunk)] = np.nan  # one NaN bit pattern
         sha.update(chunk.tobytes())
     return sha.hexdigest()[:DIGEST_CHARS]
+
+
+def _integer_type(flat: np.ndarray) -> str | None:
+    """The smallest of :data:`_INTEGER_TYPES` holding every value of ``flat`` exactly, or ``None`` when a value is
+    not a finite integer (or the array is empty)."""
+    if flat.size == 0:
+        return None
+    if flat.dtype == np.uint8:  # the commonest case: every uint8 array is stored as uint8 (no min/max needed)
+        return "<u1"
+    if flat.dtype.kind == "f":
+        if not np.isfinite(flat).all() or not np.array_equal(flat, np.trunc(flat)):
+            return None
+        low, high = float(flat.min()), float(flat.max())
+        if low < -(2**53) or high > 2**53:
+            return None
+    low, high = int(flat.min()), int(flat.max())
+    for name in _INTEGER_TYPES:
+        info = np.iinfo(np.dtype(name))
+        if info.min <= low and high <= info.max:
+            return name
+    return None
 
 
 def _as_image(pixels: np.ndarray) -> np.ndarray:
@@ -113,8 +147,8 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.rint(values, out=values).astype(np.uint8)
 
 
-def perceptual_hash(pixels: np.ndarray) -> int:
-    """64-bit pHash (``imagehash.phash``, hash_size 8) of a decoded image, as an int in ``[0, 2**64)``.
+def perceptual_hash(pixels: np.ndarray, hash_size: int = 8) -> int:
+    """pHash (``imagehash.phash``) of a decoded image as an int of ``hash_size ** 2`` bits (64 by default).
 
     Accepts (H, W) greyscale, (H, W, 3) RGB and channel-first (C, H, W) with C in (1, 3) (channel-first wins
     when both readings fit); any other shape raises ``ValueError``. The array is first scaled to uint8 by its
@@ -122,9 +156,76 @@ def perceptual_hash(pixels: np.ndarray) -> int:
     Bit order is imagehash's: ``perceptual_hash(x) == int(str(imagehash.phash(...)), 16)``, and the Hamming
     distance of two ints equals imagehash's ``h1 - h2``.
     """
-    image = _to_uint8(_as_image(pixels))
-    bits = imagehash.phash(Image.fromarray(np.ascontiguousarray(image)), hash_size=8).hash
-    return int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big")
+    return perceptual_hashes(pixels, (hash_size,))[0]
+
+
+def perceptual_hashes(pixels: np.ndarray, sizes: Sequence[int] = (8, FINE_HASH_SIZE)) -> tuple[int, ...]:
+    """:func:`perceptual_hash` for each of ``sizes``, scaling the image to uint8 once."""
+    image = Image.fromarray(np.ascontiguousarray(_to_uint8(_as_image(pixels))))
+    return tuple(int.from_bytes(np.packbits(imagehash.phash(image, hash_size=size).hash.ravel()).tobytes(), "big")
+                 for size in sizes)
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """Unnormalised DCT-II matrix: ``C[k, i] = 2 cos(pi k (2 i + 1) / (2 n))`` (scipy's ``dct(type=2)``)."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+
+
+_DCT = {n: _dct_matrix(n).astype(np.float32) for n in (32, 64)}
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as PIL's convert("L")
+
+
+@functools.lru_cache(maxsize=64)
+def _area_matrix(n: int, size: int) -> np.ndarray:
+    """``(size, n)`` weights of area resampling: output cell ``j`` averages input ``[j n / size, (j + 1) n / size)``,
+    each input pixel weighted by its overlap (exact for down- and upsampling)."""
+    edges = np.arange(size + 1) * (n / size)
+    start, stop = edges[:-1, None], edges[1:, None]
+    pixel = np.arange(n)[None, :]
+    overlap = np.clip(np.minimum(stop, pixel + 1) - np.maximum(start, pixel), 0, None)
+    return (overlap / (n / size)).astype(np.float32)
+
+
+def _area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` (H, W) resampled to ``size`` x ``size`` by area averaging (two small matrix products)."""
+    return _area_matrix(image.shape[0], size) @ image @ _area_matrix(image.shape[1], size).T
+
+
+def fast_perceptual_hashes(pixels: np.ndarray) -> tuple[int, int]:
+    """The 64-bit and 256-bit pHash of :func:`perceptual_hashes`, computed in numpy at a fifth of the cost.
+
+    Same recipe as imagehash's pHash (Zauner 2010): greyscale, resize to ``4 h`` x ``4 h``, 2-D DCT-II, keep the
+    ``h`` x ``h`` lowest frequencies, bit = coefficient above their median; here with area resampling instead
+    of Lanczos, and without the uint8 rounding (the hash is invariant to positive linear rescaling anyway).
+    The bits therefore differ slightly from imagehash's (a few of 64 on typical radiographs; tested), so the
+    two kinds of hash must not be mixed. NaN counts as the image minimum, infinities are clipped.
+    """
+    image = np.asarray(_as_image(pixels), dtype=np.float32)
+    if image.ndim == 3:
+        image = image @ _LUMA
+    finite = np.isfinite(image)
+    if not finite.all():
+        if not finite.any():
+            return 0, 0
+        low, high = image[finite].min(), image[finite].max()
+        image = np.clip(np.where(np.isnan(image), low, image), low, high)
+    if image.min() == image.max():
+        return 0, 0  # a constant image, as perceptual_hash gives
+    fine_grid = _area_resize(image, 64)
+    coarse_grid = _area_resize(fine_grid, 32)
+    hashes = []
+    for grid, n, h in ((coarse_grid, 32, 8), (fine_grid, 64, 16)):
+        low_freq = (_DCT[n][:h] @ grid @ _DCT[n][:h].T).ravel()
+        middle = np.partition(low_freq, [low_freq.size // 2 - 1, low_freq.size // 2])
+        bits = low_freq > (middle[low_freq.size // 2 - 1] + middle[low_freq.size // 2]) / 2  # above the median
+        hashes.append(int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big"))
+    return hashes[0], hashes[1]
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits of two hashes."""
+    return (a ^ b).bit_count()
 
 
 # -------------------------------------------------------------------------------------------- grouping

@@ -1,19 +1,37 @@
 """Synthetic chest X-ray federation: DICOM and PNG sites with CheXpert-style tables, and a Kermany-style pediatric site.
 
-Sites (cases per scale ``small``/``demo``/``full``):
+Sites (images per scale ``small``/``demo``/``full``; patients with seed 0 in brackets):
 
-- ``adult-a``: DX DICOM, MONOCHROME2, PA-heavy, well exposed; label CSV with metadata (10/240/3000).
-- ``adult-b``: CR DICOM, MONOCHROME1 (inverted storage), RescaleSlope 2 / RescaleIntercept -1024,
-  portable AP-heavy, under-exposed and noisy, non-square; its CSV holds labels only, so age, sex and
-  view come from the DICOM headers (10/120/1500).
-- ``adult-c``: 8-bit PNG with a label CSV (integer codes), soft and bright (8/48/600).
+- ``adult-a``: DX DICOM "FOR PRESENTATION" with a window (centre/width over the 1st-99th percentile of the
+  image, as a modality sets it), MONOCHROME2, PA-heavy, well exposed; label CSV with metadata and a
+  ``Patient`` column (``patient00012``), stored as ``images/cxrNNNNN.dcm``
+  (10/240/3000 images [6/121/1613 patients]).
+- ``adult-b``: CR DICOM without a window (raw, so ``intensity: voi`` falls back to percentiles),
+  MONOCHROME1 (inverted storage), RescaleSlope 2 / RescaleIntercept -1024, portable AP-heavy, under-exposed and noisy, non-square; its CSV holds labels only, so age, sex,
+  view and the patient (PatientID) come from the DICOM headers (10/120/1500 [6/60/792]).
+- ``adult-c``: 8-bit PNG with a label CSV (integer codes), soft and bright; CheXpert paths
+  ``images/patient00012/study2/view1_frontal.png`` (8/48/600 [6/27/317]).
 - ``pediatric``: 8-bit PNG in ``NORMAL/`` and ``PNEUMONIA/`` folders (Kermany et al., Cell 2018),
-  smaller anatomy, relatively larger heart, higher pneumonia prevalence (10/96/1200).
+  smaller anatomy, relatively larger heart, higher pneumonia prevalence; Kermany file names carry the
+  patient: ``PNEUMONIA/person12_bacteria_2.png``, ``NORMAL/IM-0012-0001.png`` (10/96/1200 [7/54/637]).
+
+Patients: each has 1-4 images (first study and follow-ups; probabilities 0.45/0.30/0.15/0.10, the
+last patient of a label quota cut short), 2-120 days apart, with one sex, birth date, PatientID and
+cardiomegaly status, ages advancing across follow-ups, and one anatomy (body habitus, lung shape,
+heart size, ribs, the lung zones a pneumonia involves) from a per-patient stream; positioning,
+opacity texture and detector noise vary per image. Labels: a pneumonia patient's first study is
+positive and a follow-up turns uncertain (resolving) with probability 0.3 (``SiteSpec.resolving``;
+0 at ``pediatric``, where a patient keeps one class folder); uncertain and negative patients keep
+their state. Image label counts follow fixed quotas (so even ``small`` sites hold every label
+state; see :func:`draw_patients`). The config names where the adapter finds the patient: ``group_column: Patient``
+(``adult-a``), ``group_pattern: (patient\\d+)/`` (``adult-c``); ``adult-b`` (DICOM PatientID) and
+``pediatric`` (Kermany names) rely on the adapter's defaults.
 
 Finding columns follow CheXpert (Irvin et al. 2019): ``1`` positive, ``0`` negative, ``-1``
 uncertain, blank unmentioned. Pneumonia is rendered as patchy opacities: clearly for positives,
 faintly for uncertain cases; Cardiomegaly as an enlarged heart. DICOM headers carry fake patient
-identifiers containing :data:`FAKE_MARKER` so tests can prove that none of them leaves an adapter.
+identifiers containing :data:`FAKE_MARKER` so tests can prove that none of them leaves an adapter;
+each image is its own study (StudyInstanceUID, accession number, date).
 
 Every random draw comes from ``rng_for(seed, "chest_xray", site, ...)``; files carry no timestamps
 and UIDs are hashes of ``(seed, site, case)``, so the same seed writes identical bytes.
@@ -48,6 +66,13 @@ IMAGE_SIZES = {"small": 32, "demo": 64, "full": 256}
 SOP_CLASS = {"DX": "1.2.840.10008.5.1.4.1.1.1.1", "CR": "1.2.840.10008.5.1.4.1.1.1"}
 FINDINGS = ("No Finding", "Cardiomegaly", "Pneumonia")
 _FIRST_NAMES = {"F": ("JANE", "MARIA", "FATIMA", "INGRID"), "M": ("JOHN", "KENJI", "OMAR", "PIOTR")}
+#: images per patient (first study plus up to three follow-ups) and their probabilities
+IMAGES_PER_PATIENT = (1, 2, 3, 4)
+IMAGES_PER_PATIENT_P = (0.45, 0.30, 0.15, 0.10)
+#: patient column of the ``adult-a`` label table (source option ``group_column``)
+PATIENT_COLUMN = "Patient"
+#: regex finding the patient in ``adult-c`` image paths (source option ``group_pattern``)
+PATIENT_PATTERN = r"(patient\d+)/"
 
 
 @dataclass(frozen=True)
@@ -74,21 +99,25 @@ class SiteSpec:
     intercept: float = 0.0
     csv_metadata: bool = True
     label_format: str = "float"  # CheXpert writes "1.0"; "int" writes "1"
+    # where the adapter finds the patient: "column" (CSV column), "dicom" (PatientID), "path" (the
+    # patientNNNNN folder), "file_name" (Kermany names: person12_..., IM-0012-...)
+    grouping: str = "column"
+    resolving: float = 0.3  # chance that a positive patient's follow-up reads uncertain (resolving), and stays so
 
 
 SITES: tuple[SiteSpec, ...] = (
     SiteSpec("adult-a", "dicom", {"small": 10, "demo": 240, "full": 3000}, prevalence=0.2, uncertain_rate=0.1,
-             blank_rate=0.6, gain=0.9, gamma=1.0, noise=0.008, ap_fraction=0.2),
+             blank_rate=0.6, gain=0.9, gamma=1.0, noise=0.008, ap_fraction=0.2, grouping="column"),
     SiteSpec("adult-b", "dicom", {"small": 10, "demo": 120, "full": 1500}, prevalence=0.3, uncertain_rate=0.15,
              blank_rate=0.7, gain=0.62, gamma=1.35, offset=0.08, noise=0.03, blur=0.8, aspect=0.875,
              ap_fraction=0.8, modality="CR", photometric="MONOCHROME1", slope=2.0, intercept=-1024.0,
-             csv_metadata=False),
+             csv_metadata=False, grouping="dicom"),
     SiteSpec("adult-c", "png", {"small": 8, "demo": 48, "full": 600}, prevalence=0.15, uncertain_rate=0.1,
              blank_rate=0.5, gain=0.95, gamma=0.75, offset=0.02, noise=0.015, blur=1.4, ap_fraction=0.5,
-             label_format="int"),
+             label_format="int", grouping="path"),
     SiteSpec("pediatric", "class_folders", {"small": 10, "demo": 96, "full": 1200}, prevalence=0.6,
              uncertain_rate=0.0, blank_rate=0.0, pediatric=True, gain=0.85, gamma=1.1, noise=0.012, blur=0.7,
-             ap_fraction=0.9),
+             ap_fraction=0.9, grouping="file_name", resolving=0.0),
 )
 
 
@@ -105,27 +134,61 @@ def _ellipse(
     return _sigmoid((1.0 - r) / edge)
 
 
+@dataclass(frozen=True)
+class Anatomy:
+    """What every radiograph of one patient shares: body habitus, lung shape, heart size, ribs, and
+    the lung zones a pneumonia involves (so a follow-up shows its opacity where the first study did)."""
+
+    scale: float  # thorax scale in the field
+    habitus: float  # width of trunk and shoulders (1 = average)
+    lung_dx: tuple[float, float]  # offsets of the two lung centres
+    lung_rx: tuple[float, float]
+    lung_ry: tuple[float, float]
+    heart: float  # heart width (1 = average for the population)
+    ribs: tuple[float, ...]  # level offsets of the ten posterior ribs
+    zones: tuple[tuple[int, float], ...]  # pneumonia: (side, height) of each involved lung zone
+
+
+def draw_anatomy(rng: np.random.Generator, pediatric: bool = False) -> Anatomy:
+    """One patient's :class:`Anatomy` (draw it from a per-patient stream)."""
+    sides = rng.choice([-1, 1], size=rng.integers(1, 3), replace=False)
+    return Anatomy(
+        scale=float(rng.uniform(0.74, 0.82) if pediatric else rng.uniform(0.86, 0.96)),
+        habitus=float(rng.uniform(0.92, 1.08)),
+        lung_dx=tuple(float(v) for v in rng.normal(0, 0.01, 2)),
+        lung_rx=tuple(float(v) for v in rng.uniform(0.95, 1.05, 2)),
+        lung_ry=tuple(float(v) for v in rng.uniform(0.97, 1.03, 2)),
+        heart=float(rng.uniform(0.94, 1.06)),
+        ribs=tuple(float(v) for v in rng.normal(0, 0.008, 10)),
+        zones=tuple((int(side), float(rng.uniform(0.0, 0.3))) for side in sides),
+    )
+
+
 def render_chest(
     rng: np.random.Generator, shape: tuple[int, int], *, pediatric: bool = False, pneumonia: float = 0.0,
-    cardiomegaly: bool = False,
+    cardiomegaly: bool = False, anatomy: Anatomy | None = None,
 ) -> np.ndarray:
     """Tissue density in ``[0, 1]`` (higher = denser = brighter) of a frontal chest radiograph.
 
     Body and shoulders as soft ellipses, air-filled lungs, mediastinum and spine, heart, domed
     diaphragm, posterior ribs as sinusoid-curved bands, clavicles; ``pneumonia`` (0..1) scales patchy
-    opacities (smoothed random blobs, ``gaussian_filter``) in one or both lower/mid lung zones.
+    opacities (smoothed random blobs, ``gaussian_filter``) in the patient's involved lung zones.
+    ``anatomy`` is the patient's (drawn from ``rng`` when ``None``); ``rng`` then draws what differs
+    between two radiographs of one patient: positioning (shift, tilt, inspiration) and the opacity texture.
     """
+    if anatomy is None:
+        anatomy = draw_anatomy(rng, pediatric)
     h, w = shape
     axes = np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-w / h, w / h, w, dtype=np.float32)
     y, x = np.meshgrid(*axes, indexing="ij")  # float32 throughout: half the memory traffic of float64
-    s = rng.uniform(0.74, 0.82) if pediatric else rng.uniform(0.86, 0.96)  # thorax scale in the field
+    s = anatomy.scale * rng.uniform(0.985, 1.015)  # thorax scale in the field; inspiration and distance vary a little
     x = x - rng.normal(0, 0.03)
     y = y - rng.normal(0, 0.03) + (0.05 if pediatric else 0.0)
     tilt = rng.normal(0, 0.03)
     x, y = x * np.cos(tilt) - y * np.sin(tilt), x * np.sin(tilt) + y * np.cos(tilt)
 
-    trunk = _ellipse(x, y, 0, 0.55 * s, 0.9 * s, 1.35 * s, 0.03)
-    shoulders = _ellipse(x, y, 0, -0.7 * s, 1.08 * s, 0.26 * s, 0.08)
+    trunk = _ellipse(x, y, 0, 0.55 * s, 0.9 * s * anatomy.habitus, 1.35 * s, 0.03)
+    shoulders = _ellipse(x, y, 0, -0.7 * s, 1.08 * s * anatomy.habitus, 0.26 * s, 0.08)
     body = np.maximum(trunk, shoulders)
     density = 0.06 + 0.42 * body * (0.85 + 0.15 * np.clip(np.abs(x) / s, 0, 1))  # oblique skin edge
     # domed hemidiaphragms: highest under each lung's centre, the right (image left) one higher
@@ -133,11 +196,11 @@ def render_chest(
     below = _sigmoid((y - dome) / 0.015)
     lung_ry = (0.55 if pediatric else 0.62) * s
     lungs = []
-    for side in (-1, 1):
-        cx = side * (0.38 * s + rng.normal(0, 0.01))
-        lung = _ellipse(x, y, cx, 0.05 * s, 0.30 * s * rng.uniform(0.95, 1.05), lung_ry * rng.uniform(0.97, 1.03), 0.05)
+    for i, side in enumerate((-1, 1)):
+        cx = side * (0.38 * s + anatomy.lung_dx[i])
+        lung = _ellipse(x, y, cx, 0.05 * s, 0.30 * s * anatomy.lung_rx[i], lung_ry * anatomy.lung_ry[i], 0.05)
         lungs.append(lung * _sigmoid((np.abs(x) - 0.1 * s) / 0.02))  # medial edge at the mediastinum
-    heart_rx = (0.47 if cardiomegaly else 0.35) * s * (1.12 if pediatric else 1.0)  # cardiothoracic ratio ~0.45
+    heart_rx = (0.47 if cardiomegaly else 0.35) * s * (1.12 if pediatric else 1.0) * anatomy.heart  # CTR ~0.45
     heart = _ellipse(x, y, 0.1 * s, 0.36 * s, heart_rx, 0.24 * s, 0.06)
     lung = np.clip(lungs[0] + lungs[1], 0, 1) * (1 - below) * (1 - heart)
     apex_gradient = 1.0 + 0.2 * (0.05 * s - y) / lung_ry  # more air at the apices
@@ -148,9 +211,9 @@ def render_chest(
     density += body * np.maximum(0.16 * below, 0.12 * heart)  # liver/spleen and heart: soft tissue
 
     # posterior ribs: y_k(t) = y0_k - a sin(pi t) + b t^2, t the lateral distance from the spine
-    n_ribs = 10
+    n_ribs = len(anatomy.ribs)
     t = np.clip(np.abs(x) / (0.8 * s), 0, 1.2)
-    y0 = np.linspace(-0.78, 0.2, n_ribs)[:, None, None] * s + rng.normal(0, 0.008, (n_ribs, 1, 1))
+    y0 = np.linspace(-0.78, 0.2, n_ribs)[:, None, None] * s + np.array(anatomy.ribs)[:, None, None]
     bend = (0.06 if pediatric else 0.12) * s
     centre = y0 - bend * np.sin(np.pi * np.clip(t, 0, 1)) + (0.2 if pediatric else 0.38) * s * t**2
     thickness = (0.022 + 0.004 * np.arange(n_ribs)[:, None, None] / n_ribs) * s
@@ -168,8 +231,8 @@ def render_chest(
         blobs = np.clip((blobs - np.quantile(blobs, 0.4)) / (blobs.std() + 1e-9), 0, None)
         blobs = gaussian_filter(blobs, sigma=0.01 * h)
         zones = np.zeros(shape)
-        for side in rng.choice([-1, 1], size=rng.integers(1, 3), replace=False):
-            zones += _ellipse(x, y, side * 0.4 * s, rng.uniform(0.0, 0.3) * s, 0.3 * s, 0.32 * s, 0.3)
+        for side, height in anatomy.zones:
+            zones += _ellipse(x, y, side * 0.4 * s, height * s, 0.3 * s, 0.32 * s, 0.3)
         opacity = np.clip(blobs, 0, 1.5) * np.clip(zones, 0, 1) * lung
         density += 0.25 * pneumonia * opacity
     return np.clip(density, 0, 1)
@@ -183,10 +246,26 @@ def acquire(rng: np.random.Generator, density: np.ndarray, spec: SiteSpec) -> np
     return np.clip(signal, 0, 1)
 
 
-# ---------------------------------------------------------------------------- cases and labels
+# ---------------------------------------------------------------------------- patients, cases and labels
+@dataclass(frozen=True)
+class Patient:
+    """One patient of a site: what all of their images share."""
+
+    number: int  # 1-based, as in ``patient00012``
+    states: tuple[int, ...]  # pneumonia label of each image in study order: 1 positive, -1 uncertain, 0 negative
+    sex: str
+    age_days: int  # age at the first study, in days (365 a year)
+    cardiomegaly: int
+    kind: str  # pediatric pneumonia: ``bacteria`` or ``virus`` (Kermany file names)
+    mrn: int  # fake medical record number, unique in the site (DICOM PatientID)
+
+
 @dataclass(frozen=True)
 class Case:
-    index: int
+    index: int  # image number in the site
+    patient: int  # Patient.number
+    visit: int  # 0 first study, 1, 2, ... follow-ups
+    day: int  # days since the patient's first study
     pneumonia: int  # 1 positive, -1 uncertain, 0 negative
     blank: bool  # negative left blank in the table
     cardiomegaly: int
@@ -195,23 +274,75 @@ class Case:
     view: str
 
 
-def draw_cases(spec: SiteSpec, n: int, seed: int) -> list[Case]:
-    """Cases of one site; label states by quota (so even ``small`` sites hold every label state)."""
-    rng = rng_for(seed, MODALITY, spec.name, "labels")
+def _quotas(spec: SiteSpec, n: int) -> tuple[int, int, int]:
+    """Images labelled positive, uncertain, negative (so even ``small`` sites hold every state)."""
     n_pos = max(2, round(spec.prevalence * n))
     n_unc = max(1, round(spec.uncertain_rate * n)) if spec.uncertain_rate > 0 else 0
-    n_neg = n - n_pos - n_unc
-    n_blank = min(n_neg - 1, max(1, round(spec.blank_rate * n_neg))) if spec.blank_rate > 0 else 0
-    states = np.array([1] * n_pos + [-1] * n_unc + [0] * n_neg)
-    blanks = np.array([False] * (n_pos + n_unc) + [True] * n_blank + [False] * (n_neg - n_blank))
-    order = rng.permutation(n)
-    states, blanks = states[order], blanks[order]
-    cardio = rng.random(n) < 0.15
-    sexes = rng.choice(["F", "M"], size=n)
-    ages = rng.integers(1, 6, n) if spec.pediatric else np.clip(rng.normal(60, 16, n), 18, 95).astype(int)
-    views = np.where(rng.random(n) < spec.ap_fraction, "AP", "PA")
-    return [Case(i, int(states[i]), bool(blanks[i]), int(cardio[i]), str(sexes[i]), int(ages[i]), str(views[i]))
-            for i in range(n)]
+    return n_pos, n_unc, n - n_pos - n_unc
+
+
+def draw_patients(spec: SiteSpec, n: int, seed: int) -> list[Patient]:
+    """The patients of one site, ``n`` images in all, filling the image label quotas of :func:`_quotas` exactly.
+
+    Each patient's image count is drawn from :data:`IMAGES_PER_PATIENT` with :data:`IMAGES_PER_PATIENT_P`
+    and cut where a quota runs out. Pneumonia patients come first: their first study is positive, and
+    each follow-up turns uncertain (resolving, and stays so) with probability ``spec.resolving`` while
+    the uncertain quota lasts; then patients uncertain throughout, then negative patients. Finally the
+    patients are shuffled and numbered.
+    """
+    rng = rng_for(seed, MODALITY, spec.name, "patients")
+    draw = lambda: int(rng.choice(IMAGES_PER_PATIENT, p=IMAGES_PER_PATIENT_P))
+    pos_left, unc_left, neg_left = _quotas(spec, n)
+    sequences: list[tuple[int, ...]] = []
+    while pos_left > 0:
+        states: list[int] = []
+        state = 1
+        for visit in range(draw()):
+            if visit and state == 1 and unc_left > 0 and rng.random() < spec.resolving:
+                state = -1
+            if (state == 1 and pos_left == 0) or (state == -1 and unc_left == 0):
+                break
+            states.append(state)
+            pos_left, unc_left = pos_left - (state == 1), unc_left - (state == -1)
+        sequences.append(tuple(states))
+    for state, left in ((-1, unc_left), (0, neg_left)):
+        while left > 0:
+            size = min(draw(), left)
+            sequences.append((state,) * size)
+            left -= size
+    sequences = [sequences[i] for i in rng.permutation(len(sequences))]
+    m = len(sequences)
+    sexes = rng.choice(["F", "M"], size=m)
+    ages = rng.integers(1, 6, m) if spec.pediatric else np.clip(rng.normal(60, 16, m), 18, 95).astype(int)
+    since_birthday = rng.integers(0, 365, m)
+    cardio = rng.random(m) < 0.15
+    kinds = np.where(rng.random(m) < 0.65, "bacteria", "virus")
+    mrns = rng.choice(9 * 10**7, size=m, replace=False) + 10**7
+    return [Patient(i + 1, states, str(sexes[i]), int(ages[i] * 365 + since_birthday[i]), int(cardio[i]),
+                    str(kinds[i]), int(mrns[i])) for i, states in enumerate(sequences)]
+
+
+def draw_cases(spec: SiteSpec, n: int, seed: int, patients: list[Patient] | None = None) -> list[Case]:
+    """The ``n`` images of one site, patient by patient (a patient's images are consecutive).
+
+    Follow-ups come 2-120 days apart and ages advance with them; sex and cardiomegaly are the
+    patient's, labels as drawn by :func:`draw_patients`. Negatives are left blank by quota over the
+    site's negative images (at least one blank, at least one explicit ``0``); the view is drawn per image.
+    """
+    patients = draw_patients(spec, n, seed) if patients is None else patients
+    rng = rng_for(seed, MODALITY, spec.name, "labels")
+    drafts = []
+    for patient in patients:
+        day = 0
+        for visit, state in enumerate(patient.states):
+            day += int(rng.integers(2, 121)) if visit else 0
+            view = "AP" if rng.random() < spec.ap_fraction else "PA"
+            drafts.append((patient, visit, day, state, view))
+    negatives = [i for i, draft in enumerate(drafts) if draft[3] == 0]
+    n_blank = min(len(negatives) - 1, max(1, round(spec.blank_rate * len(negatives)))) if spec.blank_rate > 0 else 0
+    blanks = {negatives[i] for i in rng.permutation(len(negatives))[:n_blank]}
+    return [Case(i, p.number, visit, day, state, i in blanks, p.cardiomegaly, p.sex, (p.age_days + day) // 365, view)
+            for i, (p, visit, day, state, view) in enumerate(drafts)]
 
 
 def _label_text(value: int | None, style: str) -> str:
@@ -220,12 +351,19 @@ def _label_text(value: int | None, style: str) -> str:
     return f"{value:.1f}" if style == "float" else str(value)
 
 
+def patient_key(number: int) -> str:
+    """The patient's name in CSV columns and CheXpert-style paths: ``patient00012``."""
+    return f"patient{number:05d}"
+
+
 def table_row(case: Case, rel: str, spec: SiteSpec) -> dict[str, str]:
-    """One CheXpert-style CSV row."""
+    """One CheXpert-style CSV row (with a ``Patient`` column where the site groups by column)."""
     pneumonia = None if case.pneumonia == 0 and case.blank else case.pneumonia
     cardio = case.cardiomegaly if case.cardiomegaly else (None if case.blank else 0)
     no_finding = 1 if case.pneumonia == 0 and not case.cardiomegaly else None
     row = {"Path": rel}
+    if spec.grouping == "column":
+        row[PATIENT_COLUMN] = patient_key(case.patient)
     if spec.csv_metadata:
         row.update({"Sex": {"F": "Female", "M": "Male"}[case.sex], "Age": str(case.age)})
     row["Frontal/Lateral"] = "Frontal"
@@ -236,13 +374,31 @@ def table_row(case: Case, rel: str, spec: SiteSpec) -> dict[str, str]:
     return row
 
 
+def image_path(case: Case, spec: SiteSpec, kind: str = "bacteria") -> str:
+    """Where one image is stored, relative to the site folder."""
+    if spec.storage == "dicom":
+        return f"images/cxr{case.index:05d}.dcm"
+    if spec.storage == "png":  # CheXpert: patient/study/view
+        return f"images/{patient_key(case.patient)}/study{case.visit + 1}/view1_frontal.png"
+    if case.pneumonia == 1:  # Kermany: PNEUMONIA/person12_bacteria_3.jpeg, NORMAL/IM-0115-0001.jpeg
+        return f"PNEUMONIA/person{case.patient}_{kind}_{case.visit + 1}.png"
+    return f"NORMAL/IM-{case.patient:04d}-{case.visit + 1:04d}.png"
+
+
 # ---------------------------------------------------------------------------- writers
-def _dicom(stored: np.ndarray, case: Case, spec: SiteSpec, seed: int, field_mm: float) -> Dataset:
-    """A DICOM dataset with realistic headers, fake identifiers and deterministic UIDs."""
+def _dicom(stored: np.ndarray, case: Case, patient: Patient, spec: SiteSpec, seed: int, field_mm: float) -> Dataset:
+    """A DICOM dataset with realistic headers, fake identifiers and deterministic UIDs.
+
+    Name, PatientID and birth date are the patient's (one per patient, from a per-patient stream);
+    each image is its own study (new StudyInstanceUID, accession number and date).
+    """
+    person = rng_for(seed, MODALITY, spec.name, "patient", patient.number, "header")
+    first_study = dt.date(2019, 1, 1) + dt.timedelta(days=int(person.integers(0, 730)))
+    first_name = person.choice(_FIRST_NAMES[patient.sex])
     rng = rng_for(seed, MODALITY, spec.name, case.index, "header")
     uid = lambda kind: generate_uid(entropy_srcs=[MODALITY, str(seed), spec.name, str(case.index), kind])
-    study_date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 730)))
-    birth = study_date - dt.timedelta(days=int(case.age * 365.25 + rng.integers(1, 365)))
+    study_date = first_study + dt.timedelta(days=case.day)
+    birth = first_study - dt.timedelta(days=round(patient.age_days * 365.25 / 365))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SOP_CLASS[spec.modality]
     meta.MediaStorageSOPInstanceUID = uid("sop")
@@ -257,8 +413,8 @@ def _dicom(stored: np.ndarray, case: Case, spec: SiteSpec, seed: int, field_mm: 
     ds.Modality = spec.modality
     ds.Manufacturer = "MEDFED SYNTH"
     ds.InstitutionName = f"{FAKE_MARKER} GENERAL HOSPITAL {spec.name.upper()}"
-    ds.PatientName = f"DOE^{rng.choice(_FIRST_NAMES[case.sex])}^{FAKE_MARKER}{spec.name.upper()}{case.index:05d}"
-    ds.PatientID = f"{FAKE_MARKER}-PID-{rng.integers(10**7, 10**8)}"
+    ds.PatientName = f"DOE^{first_name}^{FAKE_MARKER}{spec.name.upper()}{patient.number:05d}"
+    ds.PatientID = f"{FAKE_MARKER}-PID-{patient.mrn}"
     ds.PatientBirthDate = birth.strftime("%Y%m%d")
     ds.PatientSex = case.sex
     ds.PatientAge = f"{case.age:03d}Y"
@@ -266,11 +422,14 @@ def _dicom(stored: np.ndarray, case: Case, spec: SiteSpec, seed: int, field_mm: 
     ds.ViewPosition = case.view
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
-    ds.StudyID = "1"
+    ds.StudyID = str(case.visit + 1)
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    if spec.modality == "DX":
+    if spec.modality == "DX":  # a processed image for display carries the window the modality chose
         ds.PresentationIntentType = "FOR PRESENTATION"
+        low, high = np.percentile(stored * spec.slope + spec.intercept, [1.0, 99.0])
+        ds.WindowCenter, ds.WindowWidth = f"{(low + high) / 2:.1f}", f"{max(high - low, 1.0):.1f}"
+        ds.VOILUTFunction = "LINEAR"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = spec.photometric
     ds.Rows, ds.Columns = stored.shape
@@ -290,33 +449,39 @@ def _write_png(path: Path, signal: np.ndarray) -> None:
 
 
 def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
-    """Render and store every case of one site under ``site_dir``."""
+    """Render and store every case of one site under ``site_dir``.
+
+    Anatomy comes from a per-patient stream (:func:`draw_anatomy`), positioning, opacity texture and
+    detector noise from a per-image stream, so one patient's images look alike without being equal.
+    """
     height = SIZES[scale]
     shape = (height, round(height * spec.aspect / 8) * 8)
+    n = spec.cases[scale]
+    patients = draw_patients(spec, n, seed)
+    by_number = {p.number: p for p in patients}
+    anatomies: dict[int, Anatomy] = {}
     rows = []
-    for case in draw_cases(spec, spec.cases[scale], seed):
+    for case in draw_cases(spec, n, seed, patients):
+        patient = by_number[case.patient]
+        if case.patient not in anatomies:
+            anatomies[case.patient] = draw_anatomy(rng_for(seed, MODALITY, spec.name, "patient", case.patient,
+                                                           "anatomy"), spec.pediatric)
         rng = rng_for(seed, MODALITY, spec.name, case.index, "pixels")
         strength = {1: rng.uniform(0.8, 1.2), -1: rng.uniform(0.3, 0.5), 0: 0.0}[case.pneumonia]
         density = render_chest(rng, shape, pediatric=spec.pediatric, pneumonia=strength,
-                               cardiomegaly=bool(case.cardiomegaly))
+                               cardiomegaly=bool(case.cardiomegaly), anatomy=anatomies[case.patient])
         signal = acquire(rng, density, spec)
+        rel = image_path(case, spec, patient.kind)
         if spec.storage == "dicom":
             stored = np.round(signal * 4095).astype(np.uint16)
             if spec.photometric == "MONOCHROME1":
                 stored = 4095 - stored  # MONOCHROME1: low values display white
-            rel = f"images/cxr{case.index:05d}.dcm"
             (site_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            _dicom(stored, case, spec, seed, field_mm=430.0).save_as(site_dir / rel, enforce_file_format=True)
-        elif spec.storage == "png":
-            rel = f"images/cxr{case.index:05d}.png"
-            _write_png(site_dir / rel, signal)
+            _dicom(stored, case, patient, spec, seed, field_mm=430.0).save_as(site_dir / rel, enforce_file_format=True)
         else:
-            folder = "PNEUMONIA" if case.pneumonia == 1 else "NORMAL"
-            kind = "bacteria" if rng.random() < 0.65 else "virus"  # Kermany file names: person12_bacteria_3.jpeg
-            name = f"person{case.index}_{kind}_{case.index}.png" if case.pneumonia == 1 else f"IM-{case.index:04d}.png"
-            _write_png(site_dir / folder / name, signal)
-            continue
-        rows.append(table_row(case, rel, spec))
+            _write_png(site_dir / rel, signal)
+        if spec.storage != "class_folders":
+            rows.append(table_row(case, rel, spec))
     if rows:
         pd.DataFrame(rows).to_csv(site_dir / "labels.csv", index=False, lineterminator="\n")
 
@@ -329,6 +494,11 @@ def site_source(spec: SiteSpec, image_size: int, uncertain: str) -> dict[str, ob
     else:
         source.update({"layout": "table", "labels": "labels.csv", "findings": ["Pneumonia"], "uncertain": uncertain,
                        "blank": "negative"})
+    if spec.grouping == "column":
+        source["group_column"] = PATIENT_COLUMN
+    elif spec.grouping == "path":
+        source["group_pattern"] = PATIENT_PATTERN
+    # "dicom" and "file_name": the adapter's defaults (DICOM PatientID; Kermany file names)
     source["image_size"] = image_size
     return source
 

@@ -17,11 +17,21 @@ face showing the inner structure). Appearance cues, after Daudon's morphological
 Sites (two source "data sets" with different cameras and class balance):
 
 - ``dataset-a`` (ex-vivo digital camera): square PNG, full frame, neutral white balance, mild
-  vignetting, low noise; stored as ``<class>/<view>/img_NNN.png`` (34/92/456 images for
-  ``small``/``demo``/``full``).
+  vignetting, low noise; stored as ``<class>/<view>/stone_NNN/img_NNN.png`` (34/92/456 images for
+  ``small``/``demo``/``full``; 12/30/127 stones with seed 0); the config names the stone folder
+  (``group_level: 2``: folder 0 is the class, 1 the view, 2 the stone).
 - ``dataset-b`` (endoscope): 4:3 JPEG (quality 85) at lower resolution, circular field of view
   with black surround, warm white balance, strong vignetting, blur and sensor noise; stored flat as
-  ``frames/frame_NNNNN.jpg`` plus ``labels.csv`` (``file,stone_type,view``) (32/76/432 images).
+  ``frames/frame_NNNNN.jpg`` (shuffled: names tell neither type nor stone) plus ``labels.csv``
+  (``file,stone_type,view,stone``, stone ``b-stone-017``; config ``group_column: stone``)
+  (32/76/432 images; 11/22/123 stones).
+
+Stones: each class's frames (the same number per view, :meth:`SiteSpec.count`) are split into
+stones of 2-5 frames (uniform draws, adjusted so none is left alone), the views dealt at random, so
+most stones are seen in both views (section after surface) and some in one. A stone has one type and
+one body (:class:`Stone`: size, outline, colour patches, relief, facets, layering) from a per-stone
+stream; each frame draws its own pose (position, rotation, zoom), ureter wall, specular highlights,
+lighting and camera noise, so the frames of one stone look alike without being equal.
 
 Every random draw comes from ``rng_for(seed, "ureteroscopy", site, ...)`` and the files carry no
 timestamps, so the same seed writes identical bytes.
@@ -35,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from medfed.seeding import rng_for
 from medfed.synth.common import (
@@ -48,6 +58,12 @@ MODALITY = "ureteroscopy"
 VIEWS: tuple[str, ...] = ("surface", "section")
 #: default ``image_size`` written into the config (what the adapter resizes to)
 IMAGE_SIZES = {"small": 32, "demo": 64, "full": 128}
+#: frames per stone (fewest, most)
+FRAMES_PER_STONE = (2, 5)
+#: stone column of the ``dataset-b`` label table (source option ``group_column``)
+STONE_COLUMN = "stone"
+#: folder level of the stone in ``dataset-a`` paths ``<class>/<view>/stone_NNN/img_NNN.png`` (``group_level``)
+STONE_LEVEL = 2
 
 
 @dataclass(frozen=True)
@@ -148,14 +164,20 @@ def _spots(x: np.ndarray, y: np.ndarray, centres: np.ndarray, sigmas: np.ndarray
     return np.einsum("k,khw->hw", amps, np.exp(-d2 / (2 * sigmas[:, None, None] ** 2))).astype(np.float32)
 
 
-def _facets(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray, n: int, radius: float) -> tuple[np.ndarray, ...]:
-    """Voronoi facets of ``n`` random seeds in the stone: per-pixel facet brightness and facet-edge strength."""
-    seeds = rng.uniform(-radius, radius, size=(n, 2)).astype(np.float32)
-    d = np.sqrt((dx[None] - seeds[:, 0, None, None]) ** 2 + (dy[None] - seeds[:, 1, None, None]) ** 2)
+def _sample(field: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """A periodic square ``field`` covering stone coordinates ``[-1, 1)^2``, read at ``(xs, ys)`` (bilinear)."""
+    n = field.shape[0]
+    coords = np.stack([(ys + 1) * (n / 2), (xs + 1) * (n / 2)])
+    return map_coordinates(field, coords, order=1, mode="grid-wrap").astype(np.float32)
+
+
+def _facets(seeds: np.ndarray, brightness: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+            radius: float) -> tuple[np.ndarray, ...]:
+    """Voronoi facets of ``seeds`` (stone coordinates): per-pixel facet brightness and facet-edge strength."""
+    d = np.sqrt((xs[None] - seeds[:, 0, None, None]) ** 2 + (ys[None] - seeds[:, 1, None, None]) ** 2)
     nearest = np.partition(d, 1, axis=0)
-    brightness = rng.uniform(-1, 1, n).astype(np.float32)[np.argmin(d, axis=0)]
     edges = np.exp(-(((nearest[1] - nearest[0]) / (0.03 * radius)) ** 2))
-    return brightness, edges
+    return brightness[np.argmin(d, axis=0)], edges
 
 
 def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -180,81 +202,136 @@ def render_tissue(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.
     return tissue * (1 - 0.75 * lumen)[..., None]
 
 
+@dataclass(frozen=True, eq=False)
+class Stone:
+    """One physical stone: what every frame of it shares (both views), in stone coordinates.
+
+    Stone coordinates put the stone's centre at the origin with the image's length unit (frame
+    half-height = 1) at zoom 1; ``radius`` is the surface view's mean radius (a section cut face is
+    1.12 times larger). The texture fields are periodic ``size x size`` grids over ``[-1, 1)^2``.
+    """
+
+    stone_type: str
+    radius: float
+    amps: np.ndarray  # outline harmonics k = 2..6: r(theta) = radius (1 + sum a_k cos(k theta + phi_k))
+    phases: np.ndarray
+    tips: int  # crystal tips on the outline (used where the type has spikes)
+    tip_phase: float
+    rings: float  # concentric layers per radius (section)
+    lines: int  # radiating lines (section)
+    blotch: np.ndarray  # colour patches
+    bumps: np.ndarray  # low-frequency relief
+    rough: np.ndarray  # high-frequency roughness
+    warp: np.ndarray  # irregularity of layers and lines (section)
+    pores: np.ndarray  # pores (section)
+    facet_seeds: np.ndarray  # (40, 2) Voronoi seeds of crystal facets
+    facet_brightness: np.ndarray  # (40,)
+
+
+def draw_stone(rng: np.random.Generator, stone_type: str, size: int = 64) -> Stone:
+    """One stone of ``stone_type`` (draw it from a per-stone stream); ``size``: texture grid side (the
+    frame height in pixels keeps the textures' grain as fine as the pixels)."""
+    if stone_type not in STONES:
+        raise ValueError(f"unknown stone type {stone_type!r}; choose from {', '.join(CLASSES)}")
+    radius = rng.uniform(0.42, 0.58)
+    k = np.arange(2, 7)
+    amps = (rng.normal(0, 0.07, k.size) / k).astype(np.float32)
+    phases = rng.uniform(0, 2 * np.pi, k.size).astype(np.float32)
+    field = lambda sigma: _noise(rng, (size, size), sigma * size)  # sigma in frame heights
+    return Stone(
+        stone_type=stone_type, radius=float(radius), amps=amps, phases=phases, tips=int(rng.integers(7, 13)),
+        tip_phase=float(rng.uniform(0, np.pi)), rings=float(rng.uniform(5, 9)), lines=int(rng.integers(24, 40)),
+        blotch=field(0.1), bumps=field(0.05), rough=_noise(rng, (size, size), 0.008 * size + 0.3),
+        warp=field(0.06), pores=field(0.02),
+        facet_seeds=rng.uniform(-radius, radius, size=(40, 2)).astype(np.float32),
+        facet_brightness=rng.uniform(-1, 1, 40).astype(np.float32),
+    )
+
+
 def render_stone(
-    rng: np.random.Generator, shape: tuple[int, int], stone_type: str, view: str
+    rng: np.random.Generator, shape: tuple[int, int], stone_type: str, view: str, *, stone: Stone | None = None
 ) -> np.ndarray:
     """The scene ``(H, W, 3)`` float32 (values may exceed 1 at highlights): a stone on the ureter wall.
 
-    The outline is ``r(theta) = r0 (1 + sum_k a_k cos(k theta + phi_k))`` plus crystal tips; the
-    surface view shades it as a dome (``sqrt(1 - u^2)``, ``u`` the normalised radius) with relief,
-    roughness, facets and Gaussian specular highlights; the section view is a flat cut face with the
-    type's layers, radial lines, facets or pores (see :data:`STONES`).
+    ``stone`` is the physical stone (drawn from ``rng`` when ``None``); ``rng`` draws what differs
+    between frames of one stone: pose (position in the frame, rotation, zoom), the wall behind it and
+    the lighting (specular highlights). The outline is ``r(theta) = r0 (1 + sum_k a_k cos(k theta +
+    phi_k))`` plus crystal tips; the surface view shades it as a dome (``sqrt(1 - u^2)``, ``u`` the
+    normalised radius) with relief, roughness, facets and Gaussian specular highlights; the section
+    view is a flat cut face with the type's layers, radial lines, facets or pores (see :data:`STONES`).
     """
     if stone_type not in STONES:
         raise ValueError(f"unknown stone type {stone_type!r}; choose from {', '.join(CLASSES)}")
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    if stone is None:
+        stone = draw_stone(rng, stone_type, shape[0])
+    elif stone.stone_type != stone_type:
+        raise ValueError(f"stone is of type {stone.stone_type!r}, not {stone_type!r}")
     look = STONES[stone_type]
     h, w = shape
     y, x = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32),
                        np.linspace(-w / h, w / h, w, dtype=np.float32), indexing="ij")
     tissue = render_tissue(rng, x, y)
 
+    # pose: image = centre + zoom * rotate(angle) * stone coordinates
     cx, cy = rng.normal(0, 0.08, 2)
-    r0 = rng.uniform(0.5, 0.64) if view == "section" else rng.uniform(0.42, 0.58)
+    zoom = np.float32(rng.uniform(0.92, 1.08) * (1.12 if view == "section" else 1.0))
+    angle = rng.normal(0, 0.35)
     dx, dy = x - np.float32(cx), y - np.float32(cy)
-    rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
+    cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    xs, ys = (cos * dx + sin * dy) / zoom, (cos * dy - sin * dx) / zoom
+    rho, theta = np.hypot(xs, ys), np.arctan2(ys, xs)
     k = np.arange(2, 7)
-    amps = rng.normal(0, 0.07, k.size) / k
-    phases = rng.uniform(0, 2 * np.pi, k.size)
-    outline = 1 + np.einsum("k,khw->hw", amps, np.cos(k[:, None, None] * theta[None] + phases[:, None, None]))
+    outline = 1 + np.einsum("k,khw->hw", stone.amps,
+                            np.cos(k[:, None, None] * theta[None] + stone.phases[:, None, None]))
     if look.spikes:
-        tips = rng.integers(7, 13)
-        outline = outline + look.spikes * np.abs(np.cos(0.5 * tips * theta + rng.uniform(0, np.pi))) ** 12
-    radius = np.float32(r0) * outline.astype(np.float32)
-    mask = _sigmoid((radius - rho) / (0.012 * r0 * 64 / h + 0.004))
+        outline = outline + look.spikes * np.abs(np.cos(0.5 * stone.tips * theta + stone.tip_phase)) ** 12
+    radius = np.float32(stone.radius) * outline.astype(np.float32)  # stone coordinates
+    r0 = stone.radius * zoom  # mean radius in the frame
+    mask = _sigmoid((radius - rho) * zoom / (0.012 * r0 * 64 / h + 0.004))
     u = np.clip(rho / radius, 0, 1)
     dome = np.sqrt(1 - u**2)
 
     colour, colour2 = np.array(look.colour, np.float32), np.array(look.colour2, np.float32)
-    blotch = np.clip(0.5 + 0.5 * _noise(rng, shape, 0.1 * h), 0, 1)
-    stone = _mix(colour, colour2, 0.35 * blotch)
-    relief = look.bumps * _noise(rng, shape, 0.05 * h) + look.rough * _noise(rng, shape, 0.008 * h + 0.3)
+    blotch = np.clip(0.5 + 0.5 * _sample(stone.blotch, xs, ys), 0, 1)
+    stone_rgb = _mix(colour, colour2, 0.35 * blotch)
+    relief = look.bumps * _sample(stone.bumps, xs, ys) + look.rough * _sample(stone.rough, xs, ys)
     highlights = np.zeros(shape, np.float32)
     if view == "surface":
         shade = (0.3 + 0.7 * dome**0.7) * (1 + relief)
         if look.facets:
-            bright, edges = _facets(rng, dx, dy, 28, r0)
+            bright, edges = _facets(stone.facet_seeds[:28], stone.facet_brightness[:28], xs, ys, stone.radius)
             shade = shade * (1 + look.facets * 0.5 * bright) + look.facets * 0.6 * edges * dome
         n = rng.poisson(8 * look.gloss)
         ang, rad = rng.uniform(0, 2 * np.pi, n), r0 * np.sqrt(rng.uniform(0, 0.6, n))
         centres = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], axis=1)
         highlights = _spots(x, y, centres, rng.uniform(0.008, 0.03, n), rng.uniform(0.8, 2.0, n))
-        if look.waxy:
+        if look.waxy:  # the light comes from the upper left, whatever the stone's pose
             glow = np.array([[cx - 0.3 * r0, cy - 0.3 * r0]])
             highlights = highlights + _spots(x, y, glow, np.array([0.35 * r0]), np.array([look.waxy]))
     else:
         shade = (0.85 + 0.15 * dome**0.3) * (1 + 0.3 * relief)
-        warp = 0.6 * _noise(rng, shape, 0.06 * h)
-        layers = 0.5 + 0.5 * np.sin(2 * np.pi * (u * rng.uniform(5, 9) + 0.25 * warp))
-        lines = np.abs(np.cos(0.5 * rng.integers(24, 40) * theta + 0.8 * warp)) ** 6
+        warp = 0.6 * _sample(stone.warp, xs, ys)
+        layers = 0.5 + 0.5 * np.sin(2 * np.pi * (u * stone.rings + 0.25 * warp))
+        lines = np.abs(np.cos(0.5 * stone.lines * theta + 0.8 * warp)) ** 6
         pattern = look.rings * layers + look.radial * lines
         if look.facets or look.disorder:
-            bright, edges = _facets(rng, dx, dy, 40, r0)
-            pores = _sigmoid((_noise(rng, shape, 0.02 * h) - 1.0) / 0.15)
+            bright, edges = _facets(stone.facet_seeds, stone.facet_brightness, xs, ys, stone.radius)
+            pores = _sigmoid((_sample(stone.pores, xs, ys) - 1.0) / 0.15)
             pattern = pattern + 0.5 * look.facets * (bright + 1) + look.disorder * (0.5 + 0.5 * bright) * (1 - edges)
             shade = shade * (1 - 0.6 * look.disorder * pores)
-        stone = _mix(stone, colour2, np.clip(pattern, 0, 1))
+        stone_rgb = _mix(stone_rgb, colour2, np.clip(pattern, 0, 1))
         shade = shade * (1 - look.nucleus * np.exp(-((u / 0.18) ** 2)))
         highlights = _spots(x, y, np.array([[cx, cy]]) + rng.normal(0, 0.2 * r0, (1, 2)),
                             np.array([0.02]), np.array([rng.uniform(0.0, 0.8)]))
-    stone = stone * shade[..., None]
+    stone_rgb = stone_rgb * shade[..., None]
     # contact shadow around the stone, moist highlights on the wall
-    shadow = 0.45 * _sigmoid((radius + 0.1 - rho) / 0.03) * (1 - mask)
+    shadow = 0.45 * _sigmoid(((radius - rho) * zoom + 0.1) / 0.03) * (1 - mask)
     wall = tissue * (1 - shadow)[..., None]
     n = rng.integers(1, 4)
     wet = _spots(x, y, rng.uniform(-1, 1, (n, 2)), rng.uniform(0.01, 0.02, n), rng.uniform(0.6, 1.4, n))
-    scene = wall * (1 - mask)[..., None] + stone * mask[..., None]
+    scene = wall * (1 - mask)[..., None] + stone_rgb * mask[..., None]
     return scene + (highlights * mask + wet * (1 - mask))[..., None]
 
 
@@ -276,41 +353,103 @@ def acquire(rng: np.random.Generator, scene: np.ndarray, spec: SiteSpec) -> np.n
 
 
 # ---------------------------------------------------------------------------- writing
-def site_cases(spec: SiteSpec, scale: str) -> list[tuple[str, str, int]]:
-    """``(class, view, index)`` of every image of a site, in class/view order."""
-    return [(cls, view, i) for cls in CLASSES for view in VIEWS for i in range(spec.count(scale, cls))]
+@dataclass(frozen=True)
+class Frame:
+    """One image of a site: a frame of one stone in one view."""
+
+    stone_type: str
+    view: str
+    stone: int  # stone number in the site
+    frame: int  # frame number of the stone (its surface frames first)
+
+
+def stone_sizes(rng: np.random.Generator, total: int) -> list[int]:
+    """Split ``total`` (at least 2) frames into stones of 2-5 frames each (uniform draws, adjusted at the end)."""
+    sizes, left = [], total
+    while left > 0:
+        k = min(int(rng.integers(FRAMES_PER_STONE[0], FRAMES_PER_STONE[1] + 1)), left)
+        if left - k == 1:  # never leave a single frame
+            k = k + 1 if k < FRAMES_PER_STONE[1] else k - 1
+        sizes.append(k)
+        left -= k
+    return sizes
+
+
+def site_cases(spec: SiteSpec, scale: str, seed: int = 0) -> list[Frame]:
+    """Every frame of a site, stone by stone.
+
+    Per class the ``2 * count`` frames (``count`` per view, :meth:`SiteSpec.count`) are split into stones
+    of 2-5 frames (:func:`stone_sizes`); the views are dealt to the frames at random, so a stone may
+    show both views (its section after its surface) or one. Stones are numbered in a shuffled order,
+    so a stone's number does not give its type away.
+    """
+    rng = rng_for(seed, MODALITY, spec.name, "stones")
+    stones: list[tuple[str, list[str]]] = []
+    for cls in CLASSES:
+        count = spec.count(scale, cls)
+        views = rng.permutation(np.repeat(np.array(VIEWS), count))
+        start = 0
+        for size in stone_sizes(rng, 2 * count):
+            stones.append((cls, sorted(map(str, views[start:start + size]), key=VIEWS.index)))
+            start += size
+    numbers = rng.permutation(len(stones))
+    frames = [Frame(cls, view, int(number), i) for (cls, views), number in zip(stones, numbers, strict=True)
+              for i, view in enumerate(views)]
+    return sorted(frames, key=lambda f: (f.stone, f.frame))
+
+
+def frame_path(spec: SiteSpec, frame: Frame, position: int) -> str:
+    """Where a frame is stored, relative to the site folder (``position``: its slot in the flat layout)."""
+    if spec.layout == "class_view_folders":
+        return f"{frame.stone_type}/{frame.view}/stone_{frame.stone:03d}/img_{frame.frame:03d}.png"
+    return f"frames/frame_{position:05d}.jpg"
+
+
+def stone_key(frame: Frame) -> str:
+    """The stone's name in the ``stone`` column of the flat layout: ``b-stone-017``."""
+    return f"b-stone-{frame.stone:03d}"
 
 
 def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
-    """Render and store every image of one site under ``site_dir``."""
+    """Render and store every frame of one site under ``site_dir``.
+
+    A stone (:class:`Stone`) comes from a per-stone stream, each frame's pose, wall, lighting and
+    camera noise from a per-frame stream, so the frames of one stone look alike without being equal.
+    """
     shape = spec.shapes[scale]
-    cases = site_cases(spec, scale)
-    order = rng_for(seed, MODALITY, spec.name, "order").permutation(len(cases))  # flat names hide the class
+    frames = site_cases(spec, scale, seed)
+    order = rng_for(seed, MODALITY, spec.name, "order").permutation(len(frames))  # flat names hide the class
+    stones: dict[int, Stone] = {}
     rows = []
-    for position, (cls, view, i) in zip(order, cases, strict=True):
-        rng = rng_for(seed, MODALITY, spec.name, cls, view, i)
-        pixels = Image.fromarray(acquire(rng, render_stone(rng, shape, cls, view), spec))
+    for position, frame in zip(order, frames, strict=True):
+        if frame.stone not in stones:
+            stones[frame.stone] = draw_stone(rng_for(seed, MODALITY, spec.name, "stone", frame.stone),
+                                             frame.stone_type, shape[0])
+        rng = rng_for(seed, MODALITY, spec.name, "stone", frame.stone, "frame", frame.frame)
+        scene = render_stone(rng, shape, frame.stone_type, frame.view, stone=stones[frame.stone])
+        pixels = Image.fromarray(acquire(rng, scene, spec))
+        rel = frame_path(spec, frame, int(position))
+        (site_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         if spec.layout == "class_view_folders":
-            path = site_dir / cls / view / f"img_{i:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels.save(path, format="PNG")
+            pixels.save(site_dir / rel, format="PNG")
         else:
-            rel = f"frames/frame_{position:05d}.jpg"
-            (site_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             pixels.save(site_dir / rel, format="JPEG", quality=spec.jpeg_quality)
-            rows.append({"file": rel, "stone_type": cls, "view": view})
+            rows.append({"file": rel, "stone_type": frame.stone_type, "view": frame.view,
+                         STONE_COLUMN: stone_key(frame)})
     if rows:
         table = pd.DataFrame(rows).sort_values("file")
         table.to_csv(site_dir / "labels.csv", index=False, lineterminator="\n")
 
 
 def site_source(spec: SiteSpec, image_size: int) -> dict[str, object]:
-    """The ``sources`` entry of one site (paths relative to ``out/sites/``)."""
+    """The ``sources`` entry of one site (paths relative to ``out/sites/``), naming where the stone is."""
     source: dict[str, object] = {"name": spec.name, "root": f"../{MODALITY}/{spec.name}", "layout": spec.layout,
                                  "source_name": spec.source_name, "classes": list(CLASSES), "views": list(VIEWS)}
     if spec.layout == "flat_csv":
         source.update({"labels": "labels.csv", "path_column": "file", "class_column": "stone_type",
-                       "view_column": "view"})
+                       "view_column": "view", "group_column": STONE_COLUMN})
+    else:
+        source["group_level"] = STONE_LEVEL
     source["image_size"] = image_size
     return source
 
