@@ -52,7 +52,7 @@ def team_csv(federation, path, quality: float, seed: int, drop: int = 0, bad: in
         targets = site.reference_targets("all")
         findings = [c for c in targets.columns if c not in ("case_id", "source_id")]
         for _, case in targets.iterrows():
-            row = {"site": site.name, "image": case["source_id"].split("/")[-1]}
+            row = {"site": site.name, "image": case["source_id"]}  # the path as the site lists it (names repeat)
             for f in findings:
                 y = max(case[f], 0)
                 row[f] = float(np.clip(quality * y + (1 - quality) * (1 - y) + rng.normal(0, 0.05), 0, 1))

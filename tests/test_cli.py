@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -64,13 +65,19 @@ def test_main_job_trains_every_demo_experiment_and_leaks_no_identifier(small_dat
             assert (out / name / report_file).is_file(), (name, report_file)
         assert f"== {name}:" in captured.out
     assert "not privacy-preserving" in captured.out
-    texts = [captured.out, captured.err] + [p.read_text() for p in out.rglob("*") if p.suffix in (".csv", ".jsonl", ".yaml", ".json", ".md", ".html")]
-    for text in texts:
+    texts = [captured.out.encode(), captured.err.encode()] + [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    for text in texts:  # every file a run writes (checkpoints included), as bytes: no raw PatientID or other identifier
         for identifier in identifiers:
-            assert identifier not in text
+            assert identifier.encode() not in text
+    chest = json.loads((out / "demo_chest_xray" / "summary.json").read_text())
+    assert {s["split_unit"] for s in chest["sites"]} == {"patient"}
+    assert all(set(s["groups_per_split"]) == {"train", "val", "test"} for s in chest["sites"])
+    assert "split unit" in (out / "demo_chest_xray" / "report.html").read_text()
+    sites = (out / "demo_ureteroscopy" / "sites.csv").read_text()
+    assert "split_unit" in sites.splitlines()[0] and ",stone," in sites
 
 
-def test_run_generates_missing_demo_once(tmp_path, monkeypatch):
+def test_run_generates_missing_demo_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDFED_DATA", str(tmp_path / "d"))
     out = tmp_path / "r"
     config = str(Path(__file__).resolve().parents[1] / "tasks" / "demo_ureteroscopy.yaml")
@@ -81,6 +88,12 @@ def test_run_generates_missing_demo_once(tmp_path, monkeypatch):
     assert not (tmp_path / "d" / "small" / "sites" / "brain_mri.yaml").exists()  # only what the config needs
     assert main(args) == 0
     assert written.stat().st_mtime_ns == stamp
+    # demo data written by an older generator (no format mark) is written again, with a note
+    lines = written.read_text().splitlines()
+    written.write_text("\n".join(line for line in lines if "medfed synth format" not in line) + "\n")
+    assert main(args) == 0
+    assert "demo data from an older medfed (format 1, now 2)" in capsys.readouterr().out
+    assert "medfed synth format 2" in written.read_text()
 
 
 def test_run_validates_every_case_before_training(small_data, tmp_path, capsys):

@@ -11,6 +11,7 @@ depends only on (seed, round, site), weights travel as exact float32, numbers as
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import uuid
@@ -48,10 +49,21 @@ from medfed.integrations.flower.server import (
     run_flower_method,
 )
 from medfed.seeding import derive_seed, rng_for
+from medfed.sites import load_federation
 from medfed.tasks import build_task
 from medfed.tasks.classification import ClassificationTask
 
 SITES = ["adult-a", "adult-b", "adult-c"]
+
+
+@functools.cache
+def train_sizes() -> dict[str, int]:
+    """Training cases per hospital of the small chest X-ray federation (seed 0), as its adapter splits them."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        federation = load_federation(write_hospitals(Path(folder))["federation"])
+        return {site.name: len(site.split("train")) for site in federation}
 NODES = {101: "adult-a", 202: "adult-b", 303: "adult-c"}  # node ids are Flower's, unrelated to site order
 METHODS = ["fedavg", {"strategy": "fedprox", "proximal_mu": 0.1}, {"strategy": "fedagain", "reliability": "client"},
            "scaffold", "local_only", {"strategy": "fedld", "margin_lambda": 0.05}]
@@ -334,7 +346,7 @@ def test_every_site_metric_is_kept(flower_runs):
     flower_metrics = run.flower.train_metrics_clientapp
     for rnd in (1, 2):
         assert {f"train-loss.{s}" for s in SITES} | {f"num-examples.{s}" for s in SITES} <= set(flower_metrics[rnd])
-    assert flower_metrics[1]["num-examples.adult-b"] == 6
+    assert flower_metrics[1]["num-examples.adult-b"] == train_sizes()["adult-b"]
 
 
 def test_fedagain_gets_the_client_diagnostics_through_metric_records(flower_runs):
@@ -393,7 +405,7 @@ def test_a_node_that_raises_is_recorded_in_failed_and_the_round_completes(federa
     real = ClassificationTask.local_train
 
     def failing_disk(self, model, dataset, **kwargs):
-        if len(dataset) == 6:  # adult-b's training set
+        if len(dataset) == train_sizes()["adult-b"] != train_sizes()["adult-a"]:  # adult-b's training set
             raise RuntimeError("disk failed")
         return real(self, model, dataset, **kwargs)
 
@@ -419,7 +431,8 @@ def test_a_node_that_does_not_reply_is_dropped_and_too_few_updates_stop_the_run(
     [record] = rounds_log(run.out / "runs" / "fedavg")
     assert record["completed"] == ["adult-a", "adult-c"] and record["dropped"] == ["adult-b"]
     assert record["failed"] == [{"site": "adult-b", "error": "no reply within 30 s (dropped)"}]
-    assert record["aggregation"]["num_examples"] == {"adult-a": 7, "adult-c": 5}
+    sizes = train_sizes()
+    assert record["aggregation"]["num_examples"] == {"adult-a": sizes["adult-a"], "adult-c": sizes["adult-c"]}
 
     strict = write_experiment(tmp_path / "strict.yaml", federation["federation"], ["fedavg"], rounds=1,
                               eval_every=0, local_steps=1, min_fit_clients=3)

@@ -267,3 +267,38 @@ def test_bad_group_pattern_is_a_config_error(tmp_path):
     config.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="group_pattern"):
         load_federation(config)
+
+
+def test_a_given_split_column_is_kept_and_straddling_patients_are_named(tmp_path):
+    rows = []
+    for p in range(6):
+        for k in range(2):
+            rel = f"images/p{p}_{k}.png"
+            write_png(tmp_path / rel, 70 + 9 * p + k, seed=40 + p * 2 + k)
+            split = "test" if p < 2 else "train"
+            if p == 5 and k == 1:
+                split = "test"  # patient 5 straddles the official split
+            rows.append({"Path": rel, "Patient": f"MRN{p}", "Pneumonia": str(p % 2), "Set": split})
+    rows[2]["Set"] = "holdout"
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    site = ChestXraySite(ChestXraySource(name="h", root=str(tmp_path), findings=["Pneumonia"], group_column="Patient",
+                                         split_column="Set"), tmp_path)
+    assert len(site) == 11 and site.cases["split"].value_counts().to_dict() == {"train": 7, "test": 4}
+    reasons = [p for p in site.index_problems]
+    assert any(p.is_error and "split 'holdout' is not one of train, val, test" in p.reason for p in reasons)
+    straddling = [p for p in reasons if not p.is_error]
+    assert len(straddling) == 1 and "in test, train" in straddling[0].reason and "kept as given" in straddling[0].reason
+
+
+def test_ureteroscopy_split_column(tmp_path):
+    rows = []
+    for i in range(8):
+        rel = f"frames/f{i}.png"
+        write_png(tmp_path / rel, 30 + 20 * i, i)
+        rows.append({"file": rel, "stone_type": "Ia_COM", "view": "surface", "stone": f"s{i // 2}",
+                     "fold": "test" if i < 2 else "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    site = UreteroscopySite(UreteroscopySource(name="u", root=str(tmp_path), layout="flat_csv", group_column="stone",
+                                               split_column="fold"), tmp_path)
+    assert site.cases["split"].value_counts().to_dict() == {"train": 6, "test": 2}
+    assert site.index_problems == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +60,13 @@ def test_task_contract_training_lowers_the_loss(feds, modality):
 
 
 def _mean_loss(task, model, dataset) -> float:
-    model.eval()
+    """The training objective over the training set, with batch statistics (train mode, on a copy, no gradient):
+    what local training minimises. Eval mode would mix in BatchNorm running statistics, which a few steps on a
+    handful of cases (5-6 images at a small site) leave far from the data, so its loss can rise while the fit
+    improves."""
+    probe = copy.deepcopy(model).train()
     with torch.no_grad():
-        losses = [float(task.loss(model, batch)) for batch in task.loader(dataset, train=False)]
-    model.train()
+        losses = [float(task.loss(probe, batch)) for batch in task.loader(dataset, train=False)]
     return float(np.mean(losses))
 
 

@@ -49,6 +49,7 @@ def test_a_chest_site_trains_from_labels_made_by_classify_reports(site_with_repo
     assert (table["Pneumonia"] == expected).all()  # templated reports: the rules recover every label
     for policy, uncertain_value in (("ignore", -1), ("ones", 1)):
         source_copy = {**source, "name": f"from-reports-{policy}", "labels": out.name, "uncertain": policy}
+        source_copy.pop("group_column", None)  # the report labels carry no patient column: DICOM PatientID groups them
         fed = {**federation, "sources": [{**source_copy, "root": str(root)}]}
         path = tmp_path / f"fed_{policy}.yaml"
         path.write_text(yaml.safe_dump(fed))

@@ -97,6 +97,7 @@ class ChestXraySource(BaseModel):
     view_column: str | None = "AP/PA"
     frontal_lateral_column: str | None = "Frontal/Lateral"
     site_column: str | None = Field(None, description="with site_value: use only the rows of one institution")
+    split_column: str | None = Field(None, description="column holding the source's own split (train/val/test)")
     site_value: str | None = None
     # --- class_folders layout
     classes: dict[str, Literal[0, 1]] = Field(default_factory=lambda: {"NORMAL": 0, "PNEUMONIA": 1})
@@ -120,7 +121,8 @@ class ChestXraySource(BaseModel):
     @model_validator(mode="after")
     def _layout_options(self) -> ChestXraySource:
         table_only = {"labels", "path_column", "findings", "uncertain", "blank", "age_column", "sex_column",
-                      "view_column", "frontal_lateral_column", "site_column", "site_value", "group_column"}
+                      "view_column", "frontal_lateral_column", "site_column", "site_value", "group_column",
+                      "split_column"}
         folder_only = {"classes", "finding", "split_folders"}
         wrong = sorted(self.model_fields_set & (folder_only if self.layout == "table" else table_only))
         if wrong:
@@ -236,7 +238,7 @@ class ChestXraySite(Site):
             records = self._folder_records(problems)
         rows = [row for record in records if (row := self._case_row(record, problems)) is not None]
         columns = ["case_id", "group", *self.label_columns, *self.metadata_columns, "_path", "_source_id"]
-        if self.source.layout == "class_folders" and self.source.split_folders:
+        if (self.source.layout == "class_folders" and self.source.split_folders) or self.source.split_column:
             columns.append("split")
         table = pd.DataFrame(rows, columns=columns)
         for column in self.label_columns:
@@ -249,7 +251,7 @@ class ChestXraySite(Site):
         csv_path = resolve_path(src.labels, self.root)
         csv_name = describe_path(csv_path, self.root)
         required = [src.path_column, *self.label_columns] + ([src.site_column] if src.site_column else [])
-        required += [src.group_column] if src.group_column else []
+        required += [c for c in (src.group_column, src.split_column) if c]
         frame = read_label_table(self, self.root, csv_path, src.path_column, required, problems)
         if frame is None:
             return []
@@ -310,7 +312,10 @@ class ChestXraySite(Site):
             group = row[src.group_column].strip()
             if not group:
                 errors.append(f"group column {src.group_column!r} is empty (every image needs its {src.group_unit})")
-        return {"rel": row["_rel"], "labels": labels, "age": age, "sex": sex, "view": view, "group": group}, errors
+        record = {"rel": row["_rel"], "labels": labels, "age": age, "sex": sex, "view": view, "group": group}
+        if src.split_column:  # the source's own split (an official test set): kept as given, checked by the base
+            record["split"] = row[src.split_column].strip()
+        return record, errors
 
     def _report_unlisted(self, listed: set[Path], csv_name: str, problems: list[Problem]) -> None:
         """Every image file below root that no row of the label table names (all rows, every site)."""

@@ -65,7 +65,7 @@ DEFAULT_VIEWS: tuple[str, ...] = ("surface", "section")
 IMAGE_FORMATS: dict[str, str] = {
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff",
 }
-_CSV_ONLY = frozenset({"labels", "path_column", "class_column", "view_column", "group_column"})
+_CSV_ONLY = frozenset({"labels", "path_column", "class_column", "view_column", "group_column", "split_column"})
 
 
 class UreteroscopySource(BaseModel):
@@ -85,6 +85,7 @@ class UreteroscopySource(BaseModel):
     class_column: str = "stone_type"
     view_column: str = "view"
     group_column: str | None = Field(None, description="CSV column naming the stone / video / patient (flat_csv)")
+    split_column: str | None = Field(None, description="CSV column holding the source's own split (flat_csv)")
     # --- both
     group_level: int | None = Field(None, ge=0, description="folder level of the image path naming the group")
     group_unit: str = Field("stone", min_length=1, description="what a group is: stone, video, patient, ...")
@@ -140,7 +141,7 @@ class UreteroscopySite(Site):
     # ------------------------------------------------------------------ indexing
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
         problems: list[Problem] = []
-        records: list[tuple[str, str, str, str | None]] = []  # (relative path, class, view, group key)
+        records: list[tuple[str, str, str, str | None, str | None]] = []  # (path, class, view, group key, split)
         if not self.root.is_dir():
             problems.append(self.problem("data folder (root) not found", file=str(self.root)))
         elif self.source.layout == "class_view_folders":
@@ -149,11 +150,12 @@ class UreteroscopySite(Site):
             records = self._csv_records(problems)
         rows = [row for record in records if (row := self._case_row(*record, problems)) is not None]
         columns = ["case_id", "group", "stone_type", "label", *self.metadata_columns, "_path", "_source_id"]
+        columns += ["split"] if self.source.split_column else []
         table = pd.DataFrame(rows, columns=columns)
         table["label"] = table["label"].astype("int64")
         return table, problems
 
-    def _folder_records(self, problems: list[Problem]) -> list[tuple[str, str, str, str | None]]:
+    def _folder_records(self, problems: list[Problem]) -> list[tuple[str, str, str, str | None, str | None]]:
         """``root/<class>/<view>/...`` -> records; unknown folders and stray files become problems."""
         records = []
         for class_dir in visible_entries(self.root):
@@ -188,15 +190,16 @@ class UreteroscopySite(Site):
                         problems.append(self.problem(
                             f"not an image file (expected {', '.join(IMAGE_FORMATS)}); excluded", file=rel))
                         continue
-                    records.append((rel, class_dir.name, view_dir.name, None))
+                    records.append((rel, class_dir.name, view_dir.name, None, None))
         return records
 
-    def _csv_records(self, problems: list[Problem]) -> list[tuple[str, str, str, str | None]]:
+    def _csv_records(self, problems: list[Problem]) -> list[tuple[str, str, str, str | None, str | None]]:
         """Rows of the label CSV; defective rows and images the CSV does not list become problems."""
         src = self.source
         csv_path = resolve_path(src.labels, self.root)
         csv_name = describe_path(csv_path, self.root)
-        required = [src.path_column, src.class_column, src.view_column] + ([src.group_column] if src.group_column else [])
+        required = [src.path_column, src.class_column, src.view_column]
+        required += [c for c in (src.group_column, src.split_column) if c]
         frame = read_label_table(self, self.root, csv_path, src.path_column, required, problems)
         if frame is None:
             return []
@@ -232,11 +235,11 @@ class UreteroscopySite(Site):
             if errors:
                 problems.append(self.problem(f"{where}: {'; '.join(errors)}; excluded", case, rel))
                 continue
-            records.append((rel, cls, view, group))
+            records.append((rel, cls, view, group, row[src.split_column].strip() if src.split_column else None))
         return records
 
     def _case_row(
-        self, rel: str, cls: str, view: str, group: str | None, problems: list[Problem]
+        self, rel: str, cls: str, view: str, group: str | None, split: str | None, problems: list[Problem]
     ) -> dict[str, Any] | None:
         """The case-table row of one image; the file must exist and have an image suffix, and with ``group_level``
         its path must have a folder at that level."""
@@ -257,7 +260,7 @@ class UreteroscopySite(Site):
             problems.append(self.problem("image file does not exist", case, rel))
             return None
         return {"case_id": case, "group": self.hash_group(group) if group else None, "stone_type": cls,
-                "label": self.classes.index(cls), "view": view,
+                "label": self.classes.index(cls), "view": view, **({"split": split} if split is not None else {}),
                 "source": self.source.source_name or self.name, "format": fmt, "_path": str(path), "_source_id": rel}
 
     # ------------------------------------------------------------------ reading

@@ -23,14 +23,30 @@ def check_scale(scale: str) -> str:
     return scale
 
 
+#: version of what the generators write; bump it when a generator changes what it writes (2: patients and
+#: stones with group keys), so that `medfed run` regenerates demo data written by an older medfed
+SYNTH_FORMAT = 2
+_FORMAT_MARK = "medfed synth format "
+
+
 def write_federation_config(out: Path, modality: str, config: dict[str, Any]) -> Path:
-    """Write ``out/sites/<modality>.yaml`` (paths in ``config`` relative to that folder); return its path."""
+    """Write ``out/sites/<modality>.yaml`` (paths in ``config`` relative to that folder); return its path. The header
+    names :data:`SYNTH_FORMAT`."""
     sites_dir = out / "sites"
     sites_dir.mkdir(parents=True, exist_ok=True)
     path = sites_dir / f"{modality}.yaml"
-    header = f"# Synthetic {modality} federation written by `medfed synth`; paths are relative to this file.\n"
+    header = (f"# Synthetic {modality} federation written by `medfed synth`; paths are relative to this file.\n"
+              f"# {_FORMAT_MARK}{SYNTH_FORMAT}\n")
     atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def synth_format(config: Path) -> int:
+    """The :data:`SYNTH_FORMAT` a synthetic federation config was written with (1: before the mark existed)."""
+    for line in config.read_text().splitlines()[:3]:
+        if _FORMAT_MARK in line:
+            return int(line.split(_FORMAT_MARK)[1].split()[0])
+    return 1
 
 
 @contextmanager
