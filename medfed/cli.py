@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +22,40 @@ from medfed.io import atomic_write_text
 from medfed.synth import MODALITIES, SCALES, write_federations
 
 EXIT_PROBLEMS = 1
+LABELS_WIDTH = 48  # the validate table's labels column is cut after this many characters (`--json` has all)
 EXIT_USAGE = 2
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Callable[[str], float]:
+    """argparse type: a ``kind`` number >= ``low`` (with ``high``: strictly between them); else a usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (value >= low if high is None else low < value < high):
+            rule = f">= {low}" if high is None else f"strictly between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'} {rule}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+def _path(kind: str) -> Callable[[str], Path]:
+    """argparse type: ``in``: an existing file; ``out``: a file to write; ``dir``: a folder to write (made when
+    missing: no existing file may stand where it or a parent folder goes)."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if kind != "dir" and path.is_dir():
+            raise argparse.ArgumentTypeError(f"must be a file, but {path} is a directory")
+        if kind == "in" and not path.is_file():
+            raise argparse.ArgumentTypeError(f"file not found: {path}")
+        nearest = next((p for p in (path, *path.parents) if p.exists()), None)  # must be a folder, or the file
+        if nearest is not None and not nearest.is_dir() and (kind == "dir" or nearest != path):
+            raise argparse.ArgumentTypeError(f"must be a directory, but {path} is a file" if nearest == path
+                                             else f"{path}: {nearest} is a file, not a directory")
+        return path
+    return parse
 
 
 def _print_problems(problems: list[Problem], header: str) -> None:
@@ -54,7 +87,8 @@ def site_table(federations: Sequence) -> pd.DataFrame:
             label = site.primary_label
             if label:
                 counts = summary["labels"].get(label, {})
-                row["labels"] = f"{label}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+                text = f"{label}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
+                row["labels"] = text if len(text) <= LABELS_WIDTH else text[: text.rfind(",", 0, LABELS_WIDTH)] + ", ..."
                 prevalence = summary.get("prevalence", {})
                 if prevalence:
                     row["prevalence train/val/test"] = "/".join(prevalence.get(s, "-") for s in ("train", "val", "test"))
@@ -147,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.engine == "inprocess":
             result = run_experiment(
                 config, out_root, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
-                overrides={"rounds": args.rounds} if args.rounds else None, validate=True,
+                overrides={"rounds": args.rounds} if args.rounds is not None else None, validate=True,
             )
         else:  # the same experiment on Flower: SuperLink + one SuperNode per site on this machine, or simulation
             from medfed.integrations.flower.engine import run_experiment_on_flower
@@ -354,13 +388,15 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report statistics")
     group.add_argument("--baseline", action="append", metavar="METHOD",
                        help="method every other method is compared with (repeatable; default: local_only and fedavg)")
-    group.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    group.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+    group.add_argument("--resamples", type=_number(int, 100), default=1000,
+                       help="bootstrap resamples, >= 100 (default 1000)")
+    group.add_argument("--confidence", type=_number(float, 0, 1), default=0.95, help="CI level (default 0.95)")
     group.add_argument("--ci", choices=("bca", "percentile"), default="bca", help="bootstrap CI method")
     group.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
                        help="multiple-comparison correction across sites x comparisons (default holm)")
-    group.add_argument("--report-seed", type=int, default=0, help="seed of the bootstrap resamples")
-    group.add_argument("--min-ci-cases", type=int, default=10, help="fewest test cases for a CI or test (default 10)")
+    group.add_argument("--report-seed", type=_number(int, 0), default=0, help="seed of the bootstrap resamples")
+    group.add_argument("--min-ci-cases", type=_number(int, 2), default=10,
+                       help="fewest test cases for a CI or test (default 10)")
 
 
 def cmd_flower_certs(args: argparse.Namespace) -> int:
@@ -405,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write deterministic synthetic federations in the real on-disk formats")
-    synth.add_argument("--out", required=True, type=Path, help="output folder (data + sites/*.yaml configs)")
+    synth.add_argument("--out", required=True, type=_path("dir"), help="output folder (data + sites/*.yaml configs)")
     synth.add_argument("--scale", choices=SCALES, default="demo")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--only", nargs="+", choices=MODALITIES, help="modalities to write (default: all)")
@@ -425,9 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
     run.add_argument("--scale", choices=SCALES, default="demo", help="size of generated demo federations")
     run.add_argument("--seed", type=int, default=0, help="seed of generated demo federations")
-    run.add_argument("--out", default="reports", help="output folder; each experiment writes <out>/<name>/")
+    run.add_argument("--out", default="reports", type=_path("dir"),
+                     help="output folder; each experiment writes <out>/<name>/")
     run.add_argument("--resume", action="store_true", help="continue killed runs from their last finished round")
-    run.add_argument("--rounds", type=int, help="override training.rounds (e.g. 1 for a smoke test)")
+    run.add_argument("--rounds", type=_number(int, 1), help="override training.rounds, >= 1 (e.g. 1 for a smoke test)")
     run.add_argument("--engine", choices=("inprocess", "flower", "flower-sim"), default="inprocess",
                      help="inprocess (default); flower: a Flower SuperLink and one SuperNode per site on this "
                           "machine (loopback); flower-sim: Flower's Simulation Engine (Ray; medfed[flower-sim])")
@@ -439,21 +476,22 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("configs", nargs="+", type=Path, help="pretraining config(s), e.g. tasks/ssl_*.yaml")
     pretrain.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
     pretrain.add_argument("--scale", choices=SCALES, default="demo", help="size of generated demo federations")
-    pretrain.add_argument("--out", default="reports", help="output folder; each config writes <out>/<name>/")
+    pretrain.add_argument("--out", default="reports", type=_path("dir"),
+                          help="output folder; each config writes <out>/<name>/")
     pretrain.add_argument("--no-progress", action="store_true")
     pretrain.set_defaults(func=cmd_pretrain)
 
     report = sub.add_parser("report", help="per-site statistics and an HTML report of run directories")
     report.add_argument("run_dirs", nargs="+", type=Path,
                         help="run directories written by `medfed run` (several on one federation are merged)")
-    report.add_argument("--out", type=Path, help="report folder (default: the run directory; needed when merging)")
+    report.add_argument("--out", type=_path("dir"), help="report folder (default: the run directory; needed when merging)")
     _add_report_options(report)
     report.set_defaults(func=cmd_report)
 
     predict = sub.add_parser("predict", help="write a trained segmentation run's label maps as a challenge submission")
     predict.add_argument("config", type=Path, help="experiment config the run was trained with")
     predict.add_argument("--method", required=True, help="method (label) whose final model predicts")
-    predict.add_argument("--out", required=True, type=Path, help="submission folder (<ID>_seg.nii.gz files)")
+    predict.add_argument("--out", required=True, type=_path("dir"), help="submission folder (<ID>_seg.nii.gz files)")
     predict.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
     predict.add_argument("--reports", default="reports", help="where `medfed run` wrote the run (default reports)")
     predict.add_argument("--data", help="data folder for the demo federations (default $MEDFED_DATA or ./data)")
@@ -464,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "leaderboard.html")
     scoring.add_argument("sites", type=Path, help="federation config holding the ground truth")
     scoring.add_argument("submissions", nargs="+", help="TEAM=FOLDER (or FOLDER: team = folder name) of label maps")
-    scoring.add_argument("--out", type=Path, help="scoring folder (default reports/score-<federation>)")
+    scoring.add_argument("--out", type=_path("dir"), help="scoring folder (default reports/score-<federation>)")
     scoring.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                          help="cases scored at each site (default test)")
     scoring.add_argument("--ranking", choices=("fets2", "fets1", "aggregate"), default="fets2",
@@ -474,25 +512,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="task-1 convergence score of a team, or the medfed run directory to compute it from")
     scoring.add_argument("--profiles", type=Path, help="timing profiles YAML for convergence scores "
                                                        "(e.g. sites/profiles/fets_timing.yaml)")
-    scoring.add_argument("--hd95-penalty", type=float, default=374.0,
+    scoring.add_argument("--hd95-penalty", type=_number(float, 0), default=374.0,
                          help="HD95 (mm) when a structure is empty in exactly one of truth and prediction (374)")
-    scoring.add_argument("--missing-hd95", type=float, default=1000.0,
+    scoring.add_argument("--missing-hd95", type=_number(float, 0), default=1000.0,
                          help="HD95 a missing or unscorable case counts as in the ranking (1000)")
-    scoring.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the ranking (1000)")
-    scoring.add_argument("--alpha", type=float, default=0.05, help="significance level of the pairwise tests")
-    scoring.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    scoring.add_argument("--resamples", type=_number(int, 1), default=1000, help="bootstrap resamples of the ranking (1000)")
+    scoring.add_argument("--alpha", type=_number(float, 0, 1), default=0.05, help="significance level of the pairwise tests")
+    scoring.add_argument("--seed", type=_number(int, 0), default=0, help="seed of the bootstrap")
     scoring.add_argument("--no-progress", action="store_true")
     scoring.set_defaults(func=cmd_score)
 
     classify = sub.add_parser("classify-reports", help="label free-text radiology reports with a taxonomy "
                                                        "(rules, embedding or llm); writes a CheXpert-style label table")
-    classify.add_argument("--taxonomy", required=True, type=Path, help="taxonomy YAML (labels, definitions, values)")
-    classify.add_argument("--reports", required=True, type=Path, help="CSV of reports: id, text, optional language")
-    classify.add_argument("--out", required=True, type=Path, help="label table CSV (the chest X-ray adapter's input)")
+    classify.add_argument("--taxonomy", required=True, type=_path("in"), help="taxonomy YAML (labels, definitions, values)")
+    classify.add_argument("--reports", required=True, type=_path("in"), help="CSV of reports: id, text, optional language")
+    classify.add_argument("--out", required=True, type=_path("out"),
+                          help="label table CSV (the chest X-ray adapter's input)")
     classify.add_argument("--backend", choices=("rules", "embedding", "llm"), default="rules")
     classify.add_argument("--option", action="append", metavar="KEY=VALUE",
                           help="backend option, e.g. model_path=/models/medgemma-4b-it for llm")
-    classify.add_argument("--fit", type=Path, help="labelled reports CSV (id, text, one column per label) to train "
+    classify.add_argument("--fit", type=_path("in"), help="labelled reports CSV (id, text, one column per label) to train "
                                                    "the backend on first (embedding heads, llm LoRA)")
     classify.add_argument("--id-column", default="Path", help="id column, copied to the output (default Path)")
     classify.add_argument("--text-column", default="text")
@@ -503,20 +542,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate-reports", help="compare report backends on a report federation (per-site, "
                                                        "per-label F1 with CIs; writes a run directory and its report)")
     evaluate.add_argument("configs", nargs="+", type=Path, help="report experiment config(s), e.g. tasks/reports_*.yaml")
-    evaluate.add_argument("--out", default="reports", help="output folder; each experiment writes <out>/<name>/")
+    evaluate.add_argument("--out", default="reports", type=_path("dir"),
+                          help="output folder; each experiment writes <out>/<name>/")
     evaluate.add_argument("--no-progress", action="store_true")
     _add_report_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate_reports)
 
     certs = sub.add_parser("flower-certs", help="TLS certificates and SuperNode keys for a Flower deployment "
                                                 "(a CA, the SuperLink's certificate, one key pair per hospital)")
-    certs.add_argument("out", type=Path, help="folder to write ca.crt, ca.key, server.pem, server.key, keys/")
+    certs.add_argument("out", type=_path("dir"), help="folder to write ca.crt, ca.key, server.pem, server.key, keys/")
     certs.add_argument("--host", action="append", required=True,
                        help="the SuperLink's host name or IP address as SuperNodes dial it (repeatable)")
     certs.add_argument("--node", action="append", default=[],
                        help="also make this node's key pair (repeatable; for trials: in production each hospital "
                             "runs `ssh-keygen -t ecdsa -b 384` itself and sends only the .pub)")
-    certs.add_argument("--days", type=int, default=3650, help="validity of the certificates (default 3650)")
+    certs.add_argument("--days", type=_number(int, 1), default=3650, help="validity of the certificates (default 3650)")
     certs.add_argument("--overwrite", action="store_true", help="replace existing files (a new CA for everyone)")
     certs.set_defaults(func=cmd_flower_certs)
 
@@ -531,19 +571,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999)")
         command.add_argument("--name", required=True, help="dataset name: Dataset<ID>_<NAME>")
         command.add_argument("--no-progress", action="store_true")
-    nn_export.add_argument("--out", type=Path, default=Path("nnUNet_raw"), help="nnU-Net raw folder (default nnUNet_raw)")
+    nn_export.add_argument("--out", type=_path("dir"), default=Path("nnUNet_raw"),
+                           help="nnU-Net raw folder (default nnUNet_raw)")
     nn_export.add_argument("--per-site", action="store_true", help="one dataset per site (ids ID, ID+1, ...)")
-    nn_plan.add_argument("--out", type=Path, default=Path("reports") / "nnunet", help="folder for the plans")
+    nn_plan.add_argument("--out", type=_path("dir"), default=Path("reports") / "nnunet", help="folder for the plans")
     nn_plan.add_argument("--planner", default="ExperimentPlanner",
                          help="nnU-Net planner class (ExperimentPlanner, nnUNetPlannerResEncM, ...)")
-    nn_plan.add_argument("--gpu-memory", type=float, help="GPU memory target of the planner in GB (default: the "
+    nn_plan.add_argument("--gpu-memory", type=_number(float, 0), help="GPU memory target of the planner in GB (default: the "
                                                          "planner's own, 8 for ExperimentPlanner)")
-    nn_plan.add_argument("--bins", type=int, default=10_000, help="intensity histogram bins per channel")
+    nn_plan.add_argument("--bins", type=_number(int, 1), default=10_000, help="intensity histogram bins per channel")
     nn_import = nn_sub.add_parser("import-predictions", help="nnU-Net predicted label maps -> BraTS submission "
                                                            "files for medfed score")
     nn_import.add_argument("sites", type=Path)
     nn_import.add_argument("predictions", type=Path, help="folder of <case id>.nii.gz from nnUNetv2_predict")
-    nn_import.add_argument("--out", type=Path, required=True, help="submission folder to write")
+    nn_import.add_argument("--out", type=_path("dir"), required=True, help="submission folder to write")
     nn_import.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
     nn_import.add_argument("--site", action="append", help="only this site's cases (repeatable; default all)")
     nnunet.set_defaults(func=cmd_nnunet)
@@ -551,7 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit code (argparse's usage errors too: 2, message printed)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # usage errors (2), --help and --version (0)
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     try:
         return args.func(args)
     except DataProblems as err:
@@ -561,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except MedfedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as err:  # a file or folder that cannot be read or written; the message names it
         print(f"error: {err}", file=sys.stderr)
         return EXIT_PROBLEMS
     except KeyboardInterrupt:

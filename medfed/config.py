@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medfed.errors import ConfigError
 
@@ -42,6 +42,15 @@ class SplitConfig(BaseModel):
         "auto", description="label column to stratify on; 'auto' = the site's primary label; null = none"
     )
 
+    @model_validator(mode="after")
+    def _fractions_leave_training_cases(self) -> SplitConfig:
+        """``val + test`` below 1 (the rule of :func:`medfed.sites.splits.check_fractions`)."""
+        # imported here: medfed.sites' package imports this module (no SplitConfig() may be built at import)
+        from medfed.sites.splits import check_fractions
+
+        check_fractions(self.val, self.test)  # its ValueError becomes a field error naming `split`
+        return self
+
 
 class FederationConfig(BaseModel):
     """The top level of a ``sites/*.yaml`` file."""
@@ -50,7 +59,7 @@ class FederationConfig(BaseModel):
     name: str
     adapter: str
     sources: list[dict[str, Any]] = Field(min_length=1)
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(default_factory=SplitConfig)
     min_count: int = Field(5, ge=1, description="counts below this are shown as '<min_count' in summaries")
     id_salt: str = Field("", description="secret mixed into hashed case ids; keep it private to the site")
 
@@ -73,10 +82,16 @@ def expand_vars(text: str, source: str = "<string>") -> str:
 def read_yaml(path: Path | str) -> dict[str, Any]:
     """Read a YAML mapping with variables expanded; errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(expand_vars(path.read_text(), str(path)))
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: config file cannot be read ({type(err).__name__}: {err})") from None
+    try:
+        data = yaml.safe_load(expand_vars(text, str(path)))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

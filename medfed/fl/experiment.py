@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from medfed.config import resolve_path
@@ -80,16 +81,26 @@ def resolved_config(config: ExperimentConfig, federation_file: Path) -> dict[str
     return data
 
 
+def check_resume_config(config_file: Path, resolved: dict[str, Any]) -> None:
+    """A resumed run must find the same resolved config in its run directory; an unreadable or changed
+    ``config.yaml`` is a :class:`ConfigError` naming the file (both engines call this)."""
+    try:
+        previous = yaml.safe_load(config_file.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{config_file}: the run directory's config cannot be read ({type(err).__name__}); "
+                          "run without --resume to start again, or use another --out") from None
+    if previous != resolved:
+        raise ConfigError(
+            f"{config_file}: the experiment config changed since this run started; resume needs the same "
+            "config (run without --resume to start again, or use another --out)"
+        )
+
+
 def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
     """Create or reuse the run directory; returns whether a previous run is being resumed."""
     config_file = out / "config.yaml"
     if resume and config_file.is_file():
-        previous = yaml.safe_load(config_file.read_text())
-        if previous != resolved:
-            raise MedfedError(
-                f"{config_file}: the experiment config changed since this run started; resume needs the same "
-                "config (run without --resume to start again, or use another --out)"
-            )
+        check_resume_config(config_file, resolved)
         return True
     for stale in ("runs", "predictions"):
         shutil.rmtree(out / stale, ignore_errors=True)
@@ -166,7 +177,11 @@ def run_experiment(
     config_path = Path(config_path)
     config = load_experiment(config_path)
     if overrides:
-        config = config.model_copy(update={"training": config.training.model_copy(update=overrides)})
+        try:  # validated like the config file (model_copy alone would accept rounds=-1)
+            training = type(config.training).model_validate({**config.training.model_dump(), **overrides})
+        except ValidationError as err:
+            raise ConfigError(f"{config_path}: training overrides {overrides}: {err.errors()[0]['msg']}") from None
+        config = config.model_copy(update={"training": training})
     fed_file = federation_path(config, config_path.parent, demo_configs)
     federation = load_federation(fed_file, strict=not validate)
     if validate:

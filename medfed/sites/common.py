@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+import os
+import posixpath
 import re
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -54,9 +58,65 @@ def resize_2d_transform(size: int) -> Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def posix_path(raw: str) -> str:
-    """A table's path cell as a normalised POSIX path (``""`` when blank)."""
+    """A table's path cell as a POSIX path with ``.`` and ``..`` resolved lexically (:func:`posixpath.normpath`
+    after backslashes become slashes; ``""`` when blank): ``images/../images/x.png`` is ``images/x.png``, so two
+    spellings of one image are one path (and one hashed case id). A path climbing above its start keeps its ``..``
+    (``../x.png``): see :func:`outside_root`."""
     text = raw.strip().replace("\\", "/")
-    return str(PurePosixPath(text)) if text else ""
+    return posixpath.normpath(text) if text else ""
+
+
+def outside_root(rel: str, root: Path) -> bool:
+    """Whether a :func:`posix_path` leads out of ``root``: a relative path starting with ``..``, or an absolute
+    path below neither ``root`` nor (after resolving links) its resolved form."""
+    if not rel:
+        return False
+    if not posixpath.isabs(rel):
+        return rel == ".." or rel.startswith("../")
+    path, base = Path(rel), root.resolve()
+    return not (path.is_relative_to(root) or path.is_relative_to(base) or path.resolve().is_relative_to(base))
+
+
+@functools.lru_cache(maxsize=256)
+def case_insensitive_fs(root: Path) -> bool:
+    """Whether names below ``root`` match regardless of case (macOS and Windows defaults): an entry of ``root``
+    (or ``root`` itself) is the same file under its case-swapped name. Checked once per root."""
+    try:
+        candidates = [*itertools.islice(root.iterdir(), 16), root]
+    except OSError:
+        return False
+    for path in candidates:
+        swapped = path.name.swapcase()
+        if swapped == path.name:
+            continue
+        try:
+            return os.path.samefile(path, path.with_name(swapped))
+        except OSError:  # the swapped name does not exist: names are case-sensitive here
+            return False
+    return False
+
+
+def on_disk_spelling(rel: str, root: Path, listings: dict[Path, dict[str, list[str]]]) -> str:
+    """A relative POSIX path below ``root`` spelled as on disk, folder by folder, on a case-insensitive file system
+    (``IMAGES/X.png`` -> ``images/x.png``); from the first part without exactly one match on, kept as given.
+    ``listings`` caches each folder's names (casefolded name -> names)."""
+    parts, folder = rel.split("/"), root
+    for i, part in enumerate(parts):
+        if folder not in listings:
+            names: dict[str, list[str]] = {}
+            try:
+                for name in os.listdir(folder):
+                    names.setdefault(name.casefold(), []).append(name)
+            except OSError:
+                pass
+            listings[folder] = names
+        matches = listings[folder].get(part.casefold(), [])
+        if part not in matches:
+            if len(matches) != 1:
+                break
+            parts[i] = matches[0]
+        folder = folder / parts[i]
+    return "/".join(parts)
 
 
 def visible_entries(folder: Path) -> list[Path]:
@@ -72,10 +132,15 @@ def is_hidden(path: Path, base: Path) -> bool:
 def read_label_table(
     site: Site, root: Path, csv_path: Path, path_column: str, required: list[str], problems: list[Problem]
 ) -> pd.DataFrame | None:
-    """A site's label CSV (``csv_path``, named relative to ``root`` in messages) as strings, with ``_line`` (1-based file line) and ``_rel`` (POSIX path) columns.
+    """A site's label CSV (``csv_path``, named relative to ``root`` in messages) as strings, with ``_line`` (1-based
+    file line) and ``_rel`` columns.
 
-    A missing or unparsable file, or missing ``required`` columns (named beside the columns found), is
-    appended to ``problems`` and gives ``None``. Column names are stripped of surrounding blanks.
+    ``_rel`` is the row's path as the adapters compare and hash it: :func:`posix_path` (``.`` and ``..`` resolved),
+    spelled as on disk when ``root`` is on a case-insensitive file system (:func:`case_insensitive_fs`), so two
+    spellings of one image are one path and the adapters' "listed N times" check sees them. Rows whose path leads
+    out of ``root`` are dropped, each a problem naming file, line and value. A missing or unparsable file, or
+    missing ``required`` columns (named beside the columns found), is appended to ``problems`` and gives ``None``.
+    Column names are stripped of surrounding blanks.
     """
     csv_name = describe_path(csv_path, root)
     if not csv_path.is_file():
@@ -95,7 +160,35 @@ def read_label_table(
         return None
     frame["_line"] = np.arange(len(frame)) + 2  # header is line 1
     frame["_rel"] = frame[path_column].map(posix_path)
+    frame = _drop_outside_root(site, root, frame, csv_name, path_column, problems)
+    if case_insensitive_fs(root):
+        listings: dict[Path, dict[str, list[str]]] = {}
+        frame["_rel"] = [rel if not rel or posixpath.isabs(rel) else on_disk_spelling(rel, root, listings)
+                         for rel in frame["_rel"]]
     return frame
+
+
+def _drop_outside_root(
+    site: Site, root: Path, frame: pd.DataFrame, csv_name: str, path_column: str, problems: list[Problem]
+) -> pd.DataFrame:
+    """``frame`` without the rows whose path leads out of ``root``; each of this site's such rows is a problem.
+
+    With a ``site_column``/``site_value`` source (one table shared by several sites) only this site's rows are
+    reported: the other rows are dropped too, and reported by their own sites.
+    """
+    outside = frame["_rel"].map(lambda rel: outside_root(rel, root)).to_numpy(dtype=bool)
+    if not outside.any():
+        return frame
+    mine = outside.copy()
+    source = getattr(site, "source", None)
+    column, value = getattr(source, "site_column", None), getattr(source, "site_value", None)
+    if column and column in frame.columns:
+        mine &= (frame[column].str.strip() == value).to_numpy(dtype=bool)
+    for _, row in frame[mine].iterrows():
+        problems.append(site.problem(
+            f"{csv_name} line {row['_line']}: {path_column!r} value {row[path_column].strip()!r} lies outside the "
+            "site's data folder (root); excluded (list images by their path below root)", file=csv_name))
+    return frame[~outside]
 
 
 def compile_group_pattern(value: str | None) -> str | None:

@@ -80,7 +80,7 @@ from medfed.fl.config import (
     load_experiment,
 )
 from medfed.fl.evaluation import METRIC_COLUMNS, metric_table, metrics_by_site
-from medfed.fl.experiment import resolved_config, write_sites
+from medfed.fl.experiment import check_resume_config, resolved_config, write_sites
 from medfed.fl.names import OWN_MODEL, POOLED
 from medfed.fl.runner import (
     CHECKPOINT,
@@ -637,9 +637,7 @@ def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> None:
     Other methods' results in the directory are kept (each ``flwr run`` trains one method)."""
     config_file = out / "config.yaml"
     if resume and config_file.is_file():
-        if yaml.safe_load(config_file.read_text()) != resolved:
-            raise MedfedError(f"{config_file}: the experiment config changed since this run started; resume needs "
-                              "the same config (run without resume to start again, or use another out)")
+        check_resume_config(config_file, resolved)
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
