@@ -80,7 +80,7 @@ def test_same_seed_gives_identical_metrics(chest, tmp_path):
         assert (a.out / "predictions" / f"{method}.csv").read_bytes() == (b.out / "predictions" / f"{method}.csv").read_bytes()
 
 
-def test_crashing_site_is_dropped_from_the_round_and_recorded(chest, tmp_path, monkeypatch):
+def test_crashing_site_is_dropped_and_stops_the_run_when_it_fails_the_same_way_again(chest, tmp_path, monkeypatch):
     import shutil
 
     from medfed.fl import experiment as experiment_module
@@ -100,14 +100,18 @@ def test_crashing_site_is_dropped_from_the_round_and_recorded(chest, tmp_path, m
 
     monkeypatch.setattr(experiment_module, "check_federation", damage_then_check)
     result = run_experiment(experiment(tmp_path, config_file), tmp_path / "out", progress=False)
-    fed_failures = [f for f in result.failures if f["method"] == "fedavg"]
-    assert [f["round"] for f in fed_failures] == [1, 2]
-    assert all(f["site"] == "adult-b" and "could not be loaded" in f["error"] for f in fed_failures)
     log = [json.loads(x) for x in (result.out / "runs" / "fedavg" / "rounds.jsonl").read_text().splitlines()]
-    assert all("adult-b" not in r["completed"] and r["failed"][0]["site"] == "adult-b" for r in log)
-    assert all(r["aggregation"]["clients"] == 3 for r in log)
-    # the centralised run pools every site, so it fails as a whole: it stops and says so
-    assert "centralised" in result.stopped and "fedavg" not in result.stopped
+    # round 1: the site is dropped and recorded, the round counts with the other three
+    assert log[0]["completed"] == ["adult-a", "adult-c", "pediatric"] and log[0]["aggregation"]["clients"] == 3
+    assert log[0]["failed"][0]["site"] == "adult-b" and "could not be loaded" in log[0]["failed"][0]["error"]
+    # round 2: the same failure again is no passing fault: the run stops with one line naming site, rounds, reason
+    assert log[1]["status"] == "stopped" and log[1]["failed"] == log[0]["failed"]
+    message = result.stopped["fedavg"]
+    assert message.startswith("fedavg, round 2: site adult-b failed the same way in rounds 1 and 2 (MedfedError: "
+                              "site adult-b, case ")
+    assert "could not be loaded" in message and "\n" not in message and victim.name not in message
+    # the centralised run pools every site, so it fails as a whole in round 1: it stops and says so
+    assert result.stopped["centralised"].startswith("centralised, round 1: only 0 of the 1 sampled site(s)")
 
 
 def test_too_few_sites_stops_the_run_with_a_clear_message(chest, tmp_path, monkeypatch):
@@ -160,7 +164,7 @@ def test_resume_refuses_a_changed_config(chest, tmp_path, capsys):
     config = experiment(tmp_path, chest, rounds=1)
     assert main(["run", str(config), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     changed = experiment(tmp_path, chest, rounds=2)
-    assert main(["run", str(changed), "--out", str(tmp_path / "o"), "--resume", "--no-progress"]) == 1
+    assert main(["run", str(changed), "--out", str(tmp_path / "o"), "--resume", "--no-progress"]) == 2  # a config error
     assert "config changed" in capsys.readouterr().err
 
 

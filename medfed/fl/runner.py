@@ -9,9 +9,12 @@ Round ``r`` of a method:
    with randomness from ``(seed, "train", r, site)``, and hand the update to the strategy's ``aggregate``
    as soon as it exists (one client model in memory at a time); a site configured as an adversary
    (:mod:`medfed.fl.adversaries`) submits its forged weights instead, drawn from ``(seed, "attack", r, site)``;
-3. a site whose local training raises is dropped from the round and recorded; the round counts if at least
-   ``min(min_fit_clients, sites)`` updates arrived, otherwise the run stops (:class:`RunStopped`) keeping
-   its checkpoints and log;
+3. a site whose local training raises is dropped from the round and recorded (the error as one line of at
+   most :data:`~medfed.sites.redact.MESSAGE_LIMIT` characters, the sites' data folders hidden); the round
+   counts if at least ``min(min_fit_clients, sites)`` updates arrived, otherwise the run stops
+   (:class:`RunStopped`) keeping its checkpoints and log. A site that fails the same way (same exception type
+   and message, numbers aside) in :data:`REPEATED_FAILURE_ROUNDS` consecutive rounds it was sampled in stops
+   the run too: that is a data or code problem, not a passing fault;
 4. every ``eval_every`` rounds each site's model is evaluated on its val and test split;
 5. ``checkpoints/last.pt`` (weights, strategy state, the round log) is replaced atomically, then the round
    is appended to ``rounds.jsonl``.
@@ -24,9 +27,12 @@ uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,16 +55,96 @@ from medfed.fl.weights import get_weights, layout_of, set_weights
 from medfed.io import atomic_write_text
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites.base import Site
+from medfed.sites.redact import error_text
 from medfed.tasks.base import Task
 from medfed.tasks.finetune import apply_policy
 from medfed.tasks.models import load_initial_weights
 
 CHECKPOINT = "checkpoints/last.pt"
 ROUNDS_LOG = "rounds.jsonl"
+#: a site that fails with the same error in this many consecutive rounds it was sampled in stops the run
+REPEATED_FAILURE_ROUNDS = 2
 
 
 class RunStopped(MedfedError):
-    """A round ended with too few site updates; the run keeps its checkpoints and log up to then."""
+    """A round ended with too few site updates, or a site failed the same way round after round; the run keeps
+    its checkpoints and log up to the last completed round."""
+
+
+@contextmanager
+def quiet_collate() -> Iterator[None]:
+    """Silence MONAI's ``dev_collate`` logger, which dumps whole tensors (pixel values) to stderr when a batch
+    cannot be collated; the error itself is still raised and recorded."""
+    logger = logging.getLogger("dev_collate")
+    previous, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = previous
+
+
+def _same_failure(a: str, b: str) -> bool:
+    """Two recorded errors are the same failure: equal once numbers are masked (tensor sizes and batch positions
+    in a collate error vary from round to round)."""
+    return re.sub(r"\d+", "#", a) == re.sub(r"\d+", "#", b)
+
+
+def _rounds_text(rounds: Sequence[int]) -> str:
+    """``"rounds 1 and 2"``, ``"rounds 3, 4 and 5"``."""
+    shown = [str(r) for r in rounds]
+    return f"rounds {', '.join(shown[:-1])} and {shown[-1]}" if len(shown) > 1 else f"round {shown[0]}"
+
+
+class FailureStreaks:
+    """Per site, the consecutive rounds it was sampled in and failed with the same error (:func:`_same_failure`);
+    a completed round ends a streak, a round the site was not sampled in (or a skipped round) leaves it alone.
+    Rebuilt from the round log on resume, so a resumed run stops where an uninterrupted one would."""
+
+    def __init__(self, log: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.streaks: dict[str, tuple[list[int], str]] = {}
+        for record in log:
+            self.update(record)
+
+    def update(self, record: Mapping[str, Any]) -> None:
+        """Account for one round record."""
+        if record.get("skipped"):
+            return
+        failed = {f["site"]: f["error"] for f in record.get("failed", [])}
+        for site in record.get("sampled", []):
+            if site not in failed:
+                self.streaks.pop(site, None)
+                continue
+            rounds, previous = self.streaks.get(site, ([], ""))
+            same = bool(rounds) and _same_failure(previous, failed[site])
+            self.streaks[site] = ([*rounds, record["round"]] if same else [record["round"]], failed[site])
+
+    def repeated(self) -> tuple[str, list[int], str] | None:
+        """``(site, rounds, error)`` of the first site failing the same way :data:`REPEATED_FAILURE_ROUNDS` times."""
+        for site, (rounds, error) in self.streaks.items():
+            if len(rounds) >= REPEATED_FAILURE_ROUNDS:
+                return site, rounds, error
+        return None
+
+
+def stop_message(name: str, record: Mapping[str, Any], needed: int, streaks: FailureStreaks, log: Path) -> str | None:
+    """Why method ``name`` stops after the round ``record`` (after ``streaks.update(record)``), in one line, or
+    ``None``: fewer than ``needed`` updates (the first failure shown), or a site that failed the same way in
+    :data:`REPEATED_FAILURE_ROUNDS` consecutive sampled rounds. Both engines stop with it (:class:`RunStopped`)."""
+    rnd, completed, failed = record["round"], len(record["completed"]), record["failed"]
+    kept = f"keeping rounds 1-{rnd - 1}" if rnd > 2 else "keeping round 1" if rnd == 2 else "no round kept"
+    stopped = f"stopped, {kept} (log {log})"
+    if completed < needed:
+        detail = f"; site {failed[0]['site']} failed: {failed[0]['error']}" if failed else ""
+        if len(failed) > 1:
+            detail += f" (and {len(failed) - 1} more site(s))"
+        return (f"{name}, round {rnd}: only {completed} of the {len(record['sampled'])} sampled site(s) returned "
+                f"an update ({needed} needed); {stopped}{detail}")
+    repeated = streaks.repeated()
+    if repeated is not None:
+        site, rounds, error = repeated
+        return (f"{name}, round {rnd}: site {site} failed the same way in {_rounds_text(rounds)} ({error}); "
+                f"{stopped}; run `medfed validate` on its federation")
+    return None
 
 
 @dataclass
@@ -128,6 +214,7 @@ class MethodRunner:
         self.server_benchmark = server_benchmark
         self.init = init
         self.min_counts = {s.name: s.min_count for s in self.sites}
+        self._secrets = [text for s in self.sites for text in s.private_texts()]  # hidden in recorded errors
         self._val_examples = {s.name: len(s.split("val")) for s in self.sites}
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
         self._local_lr = float(task.config.optimizer.lr)  # SCAFFOLD's control variates need the local step size
@@ -167,6 +254,7 @@ class MethodRunner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_log(log)
         datasets = _train_datasets(self.task, self.sites, self.strategy.pooled)
+        streaks = FailureStreaks(log)
 
         total = self.training.rounds
         bar = tqdm(range(start, total + 1), desc=self.name, unit="round", initial=start - 1, total=total,
@@ -189,19 +277,18 @@ class MethodRunner:
                 continue
             updates = self._client_updates(model, datasets, sampled, rnd, global_weights, state, record)
             new_global, new_state, diagnostics = self.strategy.aggregate(global_weights, updates, state)
-            if len(record["completed"]) < needed:
+            streaks.update(record)
+            stop = stop_message(self.name, record, needed, streaks, self.run_dir / ROUNDS_LOG)
+            if stop is not None:
                 record["status"] = "stopped"
                 self._append_log(record)
-                raise RunStopped(
-                    f"{self.name}, round {rnd}: only {len(record['completed'])} of the {len(sampled)} sampled "
-                    f"site(s) returned an update ({needed} needed); stopped, keeping rounds 1-{rnd - 1} "
-                    f"(checkpoint {checkpoint}, log {self.run_dir / ROUNDS_LOG})"
-                )
+                raise RunStopped(stop)
             global_weights, state = new_global, new_state
             record["aggregation"] = diagnostics
             every = self.training.eval_every
             if every and (rnd % every == 0 or rnd == total) and self.eval_datasets is not None:
-                record["eval"] = self._evaluate_round(model, global_weights, state)
+                with quiet_collate():
+                    record["eval"] = self._evaluate_round(model, global_weights, state)
             record["seconds"] = round(time.perf_counter() - began, 3)
             record = log_record(record)
             log.append(record)
@@ -244,13 +331,15 @@ class MethodRunner:
                 set_weights(model, start)
                 info: dict[str, Any] = {}
                 if self.strategy.wants_start_loss:
-                    info["start_loss"] = self.task.mean_loss(model, datasets[site])
+                    with quiet_collate():
+                        info["start_loss"] = self.task.mean_loss(model, datasets[site])
                 hooks = self.strategy.client_hooks(model, site, state)
                 trained_from = time.perf_counter()
-                result = self.task.local_train(
-                    model, datasets[site], **self._local_budget(),
-                    seed=derive_seed(self.seed, "train", rnd, site), hooks=hooks,
-                )
+                with quiet_collate():
+                    result = self.task.local_train(
+                        model, datasets[site], **self._local_budget(),
+                        seed=derive_seed(self.seed, "train", rnd, site), hooks=hooks,
+                    )
                 weights = get_weights(model)
                 num_examples = result.num_examples
                 if site in self.adversaries:
@@ -263,7 +352,7 @@ class MethodRunner:
                 if not np.isfinite(weights).all():
                     raise FloatingPointError("local weights contain NaN or infinity")
             except Exception as err:  # noqa: BLE001 - any failure of a site drops it from this round
-                reason = f"{type(err).__name__}: {err}"
+                reason = error_text(err, self._secrets)  # one line, cut: library messages may quote tensors
                 record["failed"].append({"site": site, "error": reason})
                 tqdm.write(f"[{self.name}] round {rnd}: site {site} failed and is dropped from this round: {reason}")
                 continue

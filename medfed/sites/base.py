@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +41,7 @@ from monai.transforms import Compose, Transform
 from medfed.config import SplitConfig
 from medfed.errors import ConfigError, MedfedError, Problem, warning
 from medfed.sites.identity import hash_case_id
+from medfed.sites.redact import CaseLoadError, error_text, path_variants, scrub_message
 from medfed.sites.splits import SPLITS, assign_splits, straddling_groups
 from medfed.stats import suppress_count
 
@@ -75,6 +76,8 @@ class Site(ABC):
     label_kind: ClassVar[str]
     #: what a ``group`` key names at this site (``"patient"``, ``"study"``, ``"stone"``, ``"subject"``)
     group_unit: str = "patient"
+    #: the roles of a case's files in load errors (one file per case: ``("image",)``)
+    file_roles: tuple[str, ...] = ("image",)
 
     def __init__(
         self,
@@ -148,6 +151,29 @@ class Site(ABC):
         self._fingerprints.append(ImageFingerprint(
             site=self.name, case=str(case["case_id"]), file=str(case.get("_source_id", case["case_id"])),
             split=str(case["split"]), digest=pixel_digest(pixels), phash=coarse, fine_phash=fine))
+
+    def private_texts(self, row: Mapping[str, Any] | None = None) -> list[str]:
+        """What must never appear in a message leaving the site: the data folder(s) and, for ``row``, its
+        source id and every path of its private columns (each as :func:`path_variants`)."""
+        texts: list[str] = []
+        for root in self._roots():
+            texts += path_variants(root, name=False)
+        for key, value in (row or {}).items():
+            if not str(key).startswith("_") or not isinstance(value, str):
+                continue
+            if "/" in value or "\\" in value:
+                texts += path_variants(value)
+            if key == "_source_id":
+                texts.append(value)
+        return texts
+
+    def _roots(self) -> list[Path]:
+        """The data folder of this site (``root``) and of the sites it wraps (``source``, ``sources``)."""
+        roots = [Path(root)] if isinstance(root := getattr(self, "root", None), str | Path) else []
+        for other in [*getattr(self, "sources", []), getattr(self, "source", None)]:
+            if isinstance(other, Site):
+                roots += other._roots()
+        return roots
 
     # ----------------------------------------------------------------- public API
     @property
@@ -257,7 +283,8 @@ class Site(ABC):
             try:
                 problems.extend(self._check_case(pd.Series(record)))
             except Exception as err:  # noqa: BLE001 - a reader bug must not hide the other cases' problems
-                problems.append(self.problem(f"could not be checked: {type(err).__name__}: {err}", record["case_id"]))
+                reason = error_text(err, self.private_texts(record))
+                problems.append(self.problem(f"could not be checked: {reason}", record["case_id"]))
         return problems + self._group_notes()
 
     def _group_notes(self) -> list[Problem]:
@@ -418,7 +445,9 @@ class _CachedDefault(Transform):
 
 
 class _LoadCase(Transform):
-    """First transform of every site dataset: private row -> arrays (errors name site and case)."""
+    """First transform of every site dataset: private row -> arrays. An error names the site, the hashed case id,
+    the file's role where known and a reason scrubbed of the site's paths and the source id (it may reach the
+    round log, checkpoints and the console)."""
 
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -427,14 +456,24 @@ class _LoadCase(Transform):
         try:
             item = self.site._load_case(pd.Series(row))
         except Exception as err:
-            if isinstance(err, MedfedError) and str(err).startswith(f"site {self.site.name}, case {row['case_id']}"):
-                raise  # the adapter already said where
-            raise MedfedError(
-                f"site {self.site.name}, case {row['case_id']}: could not be loaded ({type(err).__name__}: {err}); "
-                f"run `medfed validate` on this site"
-            ) from None
+            raise MedfedError(self.message(err, row)) from None
         item["case_id"] = row["case_id"]
         return item
+
+    def message(self, err: BaseException, row: Mapping[str, Any]) -> str:
+        """The one-line load error for ``err``: the adapter's own located message, or site, case, role, reason."""
+        site, secrets = self.site, self.site.private_texts(row)
+        where = f"site {site.name}, case {row['case_id']}"
+        if isinstance(err, MedfedError) and str(err).startswith(where):
+            return scrub_message(str(err), secrets)  # the adapter already said where
+        if isinstance(err, CaseLoadError):
+            reason = f"{err.role} file: {scrub_message(err.reason, secrets)}"
+        elif isinstance(err, MedfedError):  # a reader's own reason (RasterReadError, DicomReadError, ...)
+            role = f"{site.file_roles[0]} file: " if len(site.file_roles) == 1 else ""
+            reason = role + scrub_message(str(err), secrets)
+        else:
+            reason = error_text(err, secrets)
+        return f"{where}: could not be loaded ({reason}); run `medfed validate` on this site"
 
 
 def finite_problems(site: Site, array: np.ndarray, case: str, file: str) -> list[Problem]:

@@ -9,7 +9,8 @@ Layout below ``root`` (source option ``naming``; ``auto`` detects it per subject
     ``<ID>_brain_flair.nii.gz``, ``<ID>_final_seg.nii.gz``
 
 Uncompressed ``.nii`` is accepted where ``.nii.gz`` is absent. Nothing assumes the BraTS grid
-(240x240x155 at 1 mm): every file of a subject must only share one shape and one affine.
+(240x240x155 at 1 mm): every file of a subject must share one shape and one affine, and the subjects of
+one site one shape (training batches them), unless ``spatial_size`` pads/crops them to one size.
 
 Partitions (FeTS): a CSV with columns ``Partition_ID,Subject_ID`` (FeTS ships ``partitioning_1.csv``,
 by institution, and ``partitioning_2.csv``, large institutions split further) maps subjects to
@@ -54,14 +55,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from medfed.config import FederationConfig, resolve_path, validate_model
 from medfed.errors import ConfigError, MedfedError, Problem, describe_path
 from medfed.sites.base import ReferenceCase, Site, finite_problems
+from medfed.sites.brats_partitions import PARTITION_COLUMNS  # noqa: F401 - re-exported (tests, callers)
+from medfed.sites.brats_partitions import find_partition_csv, partition_order, read_partitions, whole_groups
 from medfed.sites.common import compile_group_pattern, group_key_from_path
 from medfed.sites.nifti_io import (
     NiftiGeometry,
     UnreadableNifti,
     geometry_mismatch,
+    grid_sizes_text,
     read_geometry,
     read_volume,
 )
+from medfed.sites.redact import CaseLoadError, error_text, path_variants
 
 #: image channels, in the order of ``image`` returned by :meth:`BratsSite._load_case`
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -75,7 +80,6 @@ NAMINGS: dict[str, dict[str, str]] = {
 SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 #: the label medfed uses for the enhancing tumour (BraTS 2018-2022)
 ET_LABEL = 4
-PARTITION_COLUMNS: tuple[str, str] = ("Partition_ID", "Subject_ID")
 #: regions of ``default_transform``'s label channels, in MONAI's order
 REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
 
@@ -137,6 +141,7 @@ class BratsSite(Site):
     label_columns: list[str] = []
     metadata_columns = ["institution", "shape", "spacing_mm"]
     group_unit = "subject"
+    file_roles = FILES
 
     def __init__(
         self, name: str, root: Path, subjects: Sequence[str], options: BratsSource, institution: str, **kwargs: Any
@@ -151,6 +156,10 @@ class BratsSite(Site):
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
         problems: list[Problem] = []
         rows = [row for s in self.subjects if (row := self._subject_row(s, problems)) is not None]
+        sizes = grid_sizes_text({r["case_id"]: r["shape"] for r in rows}, "subject")
+        if sizes is not None and self.options.spatial_size is None:  # default_transform cannot batch them
+            problems.append(self.problem(f"subjects come in {sizes}; training batches need one size: resample the "
+                                         "volumes to one grid, or set spatial_size in this source to pad/crop them"))
         columns = ["case_id", "group", *self.metadata_columns, "_source_id", "_naming", *(f"_{k}" for k in FILES)]
         return pd.DataFrame(rows, columns=columns), problems
 
@@ -257,19 +266,18 @@ class BratsSite(Site):
     def _load_case(self, case: pd.Series) -> dict[str, Any]:
         """``image`` float32 ``(4, X, Y, Z)`` (t1, t1ce, t2, flair); ``label`` uint8 ``(1, X, Y, Z)``, ET = 4;
         ``spacing`` voxel size in mm (three floats)."""
-        try:
-            channels = [read_volume(case[f"_{m}"])[0] for m in MODALITIES]
-            seg, geometry = read_volume(case["_seg"])
-        except UnreadableNifti as err:
-            raise MedfedError(
-                f"site {self.name}, case {case['case_id']}: unreadable NIfTI ({err}); run `medfed validate`"
-            ) from None
-        label = np.rint(np.nan_to_num(seg)).astype(np.uint8)
-        if self.options.enhancing_label != ET_LABEL:
-            label[label == self.options.enhancing_label] = ET_LABEL
+        volumes = {}
+        for key in FILES:  # an error names the file's role, never its path (it may leave the site)
+            try:
+                volumes[key] = read_volume(case[f"_{key}"])
+            except UnreadableNifti as err:
+                raise CaseLoadError(key, str(err)) from None
+            except Exception as err:  # noqa: BLE001 - any other reader failure is this file's load error too
+                raise CaseLoadError(key, error_text(err, path_variants(case[f"_{key}"]))) from None
+        seg, geometry = volumes["seg"]
         return {
-            "image": np.stack(channels).astype(np.float32, copy=False),
-            "label": label[None],
+            "image": np.stack([volumes[m][0] for m in MODALITIES]).astype(np.float32, copy=False),
+            "label": self._label_map(seg)[None],
             "spacing": tuple(round(z, 6) for z in geometry.zooms[:3]),  # header zooms are float32
         }
 
@@ -282,11 +290,15 @@ class BratsSite(Site):
             except UnreadableNifti as err:
                 raise MedfedError(f"site {self.name}, case {case['case_id']}: unreadable segmentation ({err}); "
                                   f"run `medfed validate`") from None
-            label = np.rint(np.nan_to_num(seg)).astype(np.uint8)
-            if self.options.enhancing_label != ET_LABEL:
-                label[label == self.options.enhancing_label] = ET_LABEL
-            yield ReferenceCase(case["case_id"], str(case["_source_id"]), label,
+            yield ReferenceCase(case["case_id"], str(case["_source_id"]), self._label_map(seg),
                                 tuple(round(z, 6) for z in geometry.zooms[:3]), geometry.affine)
+
+    def _label_map(self, seg: np.ndarray) -> np.ndarray:
+        """uint8 labels with ET = 4 whatever the source's ``enhancing_label``."""
+        label = np.rint(np.nan_to_num(seg)).astype(np.uint8)
+        if self.options.enhancing_label != ET_LABEL:
+            label[label == self.options.enhancing_label] = ET_LABEL
+        return label
 
     def write_label_map(self, case_id: str, label: np.ndarray, folder: Path) -> Path:
         """``<folder>/<ID>_seg.nii.gz`` (uint8, ET = 4, on the case's grid and affine): a BraTS submission file."""
@@ -357,84 +369,6 @@ def _listing(values: np.ndarray, limit: int = 10) -> str:
     return shown + (f", ... ({values.size} values)" if values.size > limit else "")
 
 
-def _partition_order(pid: str) -> tuple[int, int | str]:
-    """Numeric partition ids in numeric order, then the others alphabetically."""
-    return (0, int(pid)) if pid.isdigit() else (1, pid)
-
-
-# ---------------------------------------------------------------------------- partitions
-def read_partitions(
-    csv_path: Path, folders: Sequence[str], root: Path, source_name: str, site_of: Callable[[str], str]
-) -> tuple[dict[str, list[str]], list[Problem]]:
-    """Partition id -> subjects (that have a folder), plus every defect of the CSV against the folders.
-
-    Reported: unreadable CSV, missing columns (naming those found), rows with a blank cell,
-    subjects listed more than once, subjects in two partitions (excluded from all), subjects
-    without a folder (excluded) and folders in no partition (excluded). A partition left with no
-    subject still becomes a site, which then reports itself as empty.
-    """
-    shown = describe_path(csv_path, root)
-    problems: list[Problem] = []
-
-    def problem(reason: str, case: str | None = None, site: str = source_name) -> None:
-        problems.append(Problem(site=site, reason=reason, case=case, file=shown))
-
-    if not csv_path.is_file():
-        problem("partition CSV not found; no site can be formed from this source")
-        return {}, problems
-    try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-        problem(f"unreadable partition CSV: {type(err).__name__}: {err}")
-        return {}, problems
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in PARTITION_COLUMNS if c not in table.columns]
-    if missing:
-        problem(f"partition CSV lacks column(s) {', '.join(missing)}; columns found: "
-                f"{', '.join(map(str, table.columns)) or '(none)'}")
-        return {}, problems
-    listed: dict[str, list[str]] = {}  # subject -> partitions, one entry per row
-    for line, (pid, subject) in enumerate(zip(table[PARTITION_COLUMNS[0]], table[PARTITION_COLUMNS[1]]), start=2):
-        pid, subject = pid.strip(), subject.strip()
-        if not pid or not subject:
-            problem(f"line {line}: empty Partition_ID or Subject_ID; row ignored", subject or None)
-            continue
-        listed.setdefault(subject, []).append(pid)
-    partitions: dict[str, list[str]] = {pid: [] for pid in sorted({p for ps in listed.values() for p in ps},
-                                                                   key=_partition_order)}
-    present = set(folders)
-    for subject, pids in listed.items():
-        distinct = sorted(set(pids), key=_partition_order)
-        if len(distinct) > 1:
-            problem(f"subject is listed in partitions {', '.join(distinct)}; excluded from all", subject)
-            continue
-        pid = distinct[0]
-        if len(pids) > 1:
-            problem(f"subject is listed {len(pids)} times in partition {pid}; counted once", subject, site_of(pid))
-        if subject not in present:
-            problem("subject is listed in the partition CSV but has no folder under root; excluded", subject,
-                    site_of(pid))
-            continue
-        partitions[pid].append(subject)
-    for folder in folders:
-        if folder not in listed:
-            problems.append(Problem(site=source_name, case=folder, file=folder, reason=(
-                f"subject folder is in no partition of {shown}; excluded")))
-    return {pid: sorted(subjects) for pid, subjects in partitions.items()}, problems
-
-
-def find_partition_csv(value: str, root: Path, config_dir: Path) -> Path:
-    """The partition CSV: an absolute path as is; a relative one below ``root`` if it exists there, else
-    relative to the config folder (the path below ``root`` when neither exists, for the message)."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path
-    for base in (root, config_dir):
-        if (base / path).is_file():
-            return (base / path).resolve()
-    return (root / path).resolve()
-
-
 # ---------------------------------------------------------------------------- federation
 def source_sites(
     options: BratsSource, config: FederationConfig, config_dir: Path
@@ -454,8 +388,9 @@ def source_sites(
 
     csv_path = find_partition_csv(options.partition_csv, root, config_dir)
     partitions, problems = read_partitions(csv_path, folders, root, options.name, site_of)
-    partitions, problems = _whole_groups(partitions, problems, options, site_of)
-    unknown = sorted(set(options.site_names) - set(partitions), key=_partition_order)
+    if options.group_pattern is not None:
+        partitions = whole_groups(partitions, problems, lambda s: subject_group(s, options.group_pattern), site_of)
+    unknown = sorted(set(options.site_names) - set(partitions), key=partition_order)
     if unknown and partitions:
         problems.append(Problem(site=options.name, file=describe_path(csv_path, root), reason=(
             f"site_names names partition(s) {', '.join(unknown)}, which the partition CSV does not list")))
@@ -464,33 +399,6 @@ def source_sites(
         for pid, members in partitions.items()
     ]
     return sites, problems
-
-
-def _whole_groups(
-    partitions: dict[str, list[str]], problems: list[Problem], options: BratsSource, site_of: Callable[[str], str]
-) -> tuple[dict[str, list[str]], list[Problem]]:
-    """With ``group_pattern``: subjects of one group (timepoints of one patient) in different partitions would put
-    one patient at two sites; each such subject is an error and is excluded from every partition."""
-    if options.group_pattern is None:
-        return partitions, problems
-    where: dict[str, set[str]] = {}
-    for pid, members in partitions.items():
-        for subject in members:
-            where.setdefault(subject_group(subject, options.group_pattern), set()).add(pid)
-    spread = {group for group, pids in where.items() if len(pids) > 1}
-    kept: dict[str, list[str]] = {}
-    for pid, members in partitions.items():
-        kept[pid] = []
-        for subject in members:
-            group = subject_group(subject, options.group_pattern)
-            if group in spread:
-                others = ", ".join(sorted(where[group] - {pid}))
-                problems.append(Problem(site=site_of(pid), case=subject, reason=(
-                    f"subject's group (group_pattern) also has subjects in partition(s) {others}: one patient may not "
-                    "span two sites; excluded from all")))
-            else:
-                kept[pid].append(subject)
-    return kept, problems
 
 
 def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tuple[list[Site], list[Problem]]:

@@ -2,7 +2,8 @@
 
 A file is read twice: ``Image.verify()`` checks the container (PNG chunk CRCs up to ``IEND``,
 which ``load()`` alone does not), then ``load()`` decodes every pixel (a truncated JPEG or PNG
-stream raises there). Any failure becomes :class:`RasterReadError` with the reason.
+stream raises there). Any failure becomes :class:`RasterReadError` with the reason, which never holds
+the file's path or name (it may leave the site in a load error; :mod:`medfed.sites.redact`).
 
 Intensity modes (:data:`INTENSITY_MODES`, shared with :mod:`medfed.sites.dicom_io`) map pixels to
 float32 ``[0, 1]``, higher = brighter on a display. A PNG/JPEG is already rendered for display (the
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medfed.errors import MedfedError
+from medfed.sites.redact import error_text, path_variants
 
 #: file suffix (lower case) -> format name
 RASTER_FORMATS: dict[str, str] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -65,10 +67,15 @@ def read_raster(path: Path | str, mode: Literal["L", "RGB"] = "L") -> np.ndarray
                 array = np.asarray(image.convert(mode))
     except FileNotFoundError:
         raise RasterReadError("file not found") from None
+    except IsADirectoryError:
+        raise RasterReadError("a folder, not a file") from None
+    except PermissionError:
+        raise RasterReadError("permission denied") from None
     except UnidentifiedImageError:
-        raise RasterReadError("not a recognised image file") from None
+        empty = path.is_file() and path.stat().st_size == 0
+        raise RasterReadError("file is empty (0 bytes)" if empty else "not a recognised image file") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError) as err:
-        raise RasterReadError(f"{type(err).__name__}: {err}") from None
+        raise RasterReadError(error_text(err, path_variants(path))) from None
     if array.size == 0:
         raise RasterReadError(f"image has no pixels (shape {array.shape})")
     return array

@@ -49,10 +49,12 @@ from medfed.errors import ConfigError, DataProblems
 from medfed.fl.config import federation_path, load_experiment
 from medfed.fl.evaluation import EvalDatasets, evaluate_on_site, metric_table
 from medfed.fl.names import POOLED
+from medfed.fl.runner import quiet_collate
 from medfed.fl.strategies import build_strategy
 from medfed.fl.weights import WeightLayout, get_weights, layout_of, set_weights
 from medfed.integrations.flower import messages as wire
 from medfed.sites.base import Site
+from medfed.sites.redact import error_text
 from medfed.sites.federation import Federation, load_federation
 from medfed.tasks import TaskConfig, build_task
 from medfed.tasks.base import Task
@@ -76,8 +78,10 @@ def _flag(value: Any, default: bool) -> bool:
     return bool(value)
 
 
-def _reason(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+def _reason(err: BaseException, site: Site | None = None) -> str:
+    """The error as one short line with the site's paths and source ids hidden (the node is the site: its replies
+    leave it)."""
+    return error_text(err, site.private_texts() if site is not None else [])
 
 
 # ----------------------------------------------------------------------------- the node's site
@@ -207,12 +211,13 @@ def clear_caches() -> None:
 def handle_query(message: Message, context: Context) -> Message:
     """Tell the server which site this node is (its name, ``min_count`` and suppressed case counts)."""
     name = str(context.node_config.get(SITE_NAME) or "")
+    site = None
     try:
         site = node_site(site_node_config(context))
         name = site.name
         content = wire.site_reply_content(site.name, site.min_count, site.summary())
     except Exception as err:  # noqa: BLE001 - reported to the server, the node stays up
-        content = wire.error_content(name, _reason(err))
+        content = wire.error_content(name, _reason(err, site))
     return Message(content, reply_to=message)
 
 
@@ -231,7 +236,8 @@ def local_update(rt: SiteRuntime, config: wire.TrainConfig, start: np.ndarray,
     budget: dict[str, Any] = {"epochs": config.epochs}
     if config.max_steps is not None:
         budget["max_steps"] = config.max_steps
-    result = task.local_train(model, rt.train_data, **budget, seed=config.train_seed, hooks=hooks)
+    with quiet_collate():  # a batch that cannot be collated raises without dumping its tensors
+        result = task.local_train(model, rt.train_data, **budget, seed=config.train_seed, hooks=hooks)
     seconds = time.perf_counter() - began
     weights = get_weights(model)
     if not np.isfinite(weights).all():
@@ -245,6 +251,7 @@ def local_update(rt: SiteRuntime, config: wire.TrainConfig, start: np.ndarray,
 
 def handle_train(message: Message, context: Context) -> Message:
     name = str(context.node_config.get(SITE_NAME) or "")
+    rt = None
     try:
         config, arrays, state_arrays = wire.parse_train_content(message.content)
         rt = runtime(site_node_config(context), config.task)
@@ -255,7 +262,7 @@ def handle_train(message: Message, context: Context) -> Message:
         state = wire.client_state_from_arrays(config.strategy, state_arrays, name)
         content = local_update(rt, config, start, state)
     except Exception as err:  # noqa: BLE001 - any failure drops the site from this round, as in-process
-        content = wire.error_content(name, _reason(err))
+        content = wire.error_content(name, _reason(err, rt.site if rt is not None else None))
     return Message(content, reply_to=message)
 
 
@@ -276,6 +283,7 @@ def site_tables(rt: SiteRuntime, config: wire.EvalConfig, models: list[np.ndarra
 
 def handle_evaluate(message: Message, context: Context) -> Message:
     name = str(context.node_config.get(SITE_NAME) or "")
+    rt = None
     try:
         config, arrays = wire.parse_evaluate_content(message.content)
         rt = runtime(site_node_config(context), config.task)
@@ -284,8 +292,9 @@ def handle_evaluate(message: Message, context: Context) -> Message:
             raise ConfigError(f"the server sent site {config.site!r}'s evaluation to this node, which is site {name!r}")
         share = _flag(context.node_config.get(SHARE_RECORDS), True)
         models = [wire.arrays_to_weights(a, rt.layout) for a in arrays]
-        tables = site_tables(rt, config, models, share)
+        with quiet_collate():
+            tables = site_tables(rt, config, models, share)
         content = wire.evaluate_reply_content(name, wire.EVAL_RECORDS if share else wire.EVAL_METRICS, tables)
     except Exception as err:  # noqa: BLE001
-        content = wire.error_content(name, _reason(err))
+        content = wire.error_content(name, _reason(err, rt.site if rt is not None else None))
     return Message(content, reply_to=message)

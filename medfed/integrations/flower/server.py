@@ -85,9 +85,11 @@ from medfed.fl.names import OWN_MODEL, POOLED
 from medfed.fl.runner import (
     CHECKPOINT,
     ROUNDS_LOG,
+    FailureStreaks,
     MethodResult,
     RunStopped,
     log_record,
+    stop_message,
 )
 from medfed.fl.sampling import available_sites, sample_sites
 from medfed.fl.strategies import Strategy as MedfedMethod
@@ -98,6 +100,7 @@ from medfed.fl.weights import get_weights, layout_of
 from medfed.integrations.flower import messages as wire
 from medfed.io import atomic_write_text
 from medfed.seeding import derive_seed, rng_for
+from medfed.sites.redact import error_text, scrub_message
 from medfed.tasks import build_task
 from medfed.tasks.base import Task
 from medfed.tasks.finetune import apply_policy
@@ -125,7 +128,8 @@ _POLL_SECONDS = 1.0
 
 
 def _reason(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    """One line of at most :data:`~medfed.sites.redact.MESSAGE_LIMIT` characters (as the in-process runner records)."""
+    return error_text(err)
 
 
 def _flag(value: Any) -> bool:
@@ -237,6 +241,7 @@ class MedfedStrategy(Strategy):
         method.attach_server_data(task, task.build_model(derive_seed(self.seed, "init")), None)
         self.state: dict[str, Any] = {}
         self.log: list[dict[str, Any]] = []
+        self.streaks = FailureStreaks()
         self.offset = 0
         #: node id -> the site it said it is (first claimant of a site serves it); sites' query answers
         self.node_sites: dict[int, str] = {}
@@ -263,7 +268,7 @@ class MedfedStrategy(Strategy):
             for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
                 node = int(reply.metadata.src_node_id)
                 if reply.has_error():
-                    self.node_errors[node] = f"Flower error {reply.error.code}: {reply.error.reason}"
+                    self.node_errors[node] = scrub_message(f"Flower error {reply.error.code}: {reply.error.reason}", [])
                     continue
                 try:
                     info = wire.parse_site_reply(reply.content)
@@ -335,6 +340,7 @@ class MedfedStrategy(Strategy):
             start = int(saved["round"]) + 1
         else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.streaks = FailureStreaks(self.log)  # a resumed run stops where an uninterrupted one would
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / ROUNDS_LOG, "".join(json.dumps(r) + "\n" for r in self.log))
         self.offset = start - 1
@@ -417,7 +423,7 @@ class MedfedStrategy(Strategy):
                 reason = f"no reply within {self.round_timeout:g} s (dropped)"
                 record.setdefault("dropped", []).append(site)
             elif reply.has_error():
-                reason = f"Flower error {reply.error.code}: {reply.error.reason}"
+                reason = scrub_message(f"Flower error {reply.error.code}: {reply.error.reason}", [])
             else:
                 try:
                     parsed = wire.parse_train_reply(reply.content, self.layout)
@@ -450,14 +456,13 @@ class MedfedStrategy(Strategy):
         record = current.record
         new_global, new_state, diagnostics = self.method.aggregate(self.global_weights, self._updates(by_site, current),
                                                                    self.state)
-        if len(record["completed"]) < current.needed:
+        self.streaks.update(record)
+        stop = stop_message(self.name, record, current.needed, self.streaks, self.run_dir / ROUNDS_LOG)
+        if stop is not None:  # too few updates, or a site failing the same way again: as the in-process runner
             record["status"] = "stopped"
             self._append_log(record)
             self._round = None
-            raise RunStopped(
-                f"{self.name}, round {current.number}: only {len(record['completed'])} of the {len(current.sampled)} "
-                f"sampled site(s) returned an update ({current.needed} needed); stopped, keeping rounds "
-                f"1-{current.number - 1} (checkpoint {self.run_dir / CHECKPOINT}, log {self.run_dir / ROUNDS_LOG})")
+            raise RunStopped(stop)
         self.global_weights, self.state = new_global, new_state
         record["aggregation"] = diagnostics
         metrics = MetricRecord({"completed": len(record["completed"]), "failed": len(record["failed"])})
@@ -498,7 +503,7 @@ class MedfedStrategy(Strategy):
             if reply is None:
                 reason = f"no reply within {self.round_timeout:g} s (dropped)"
             elif reply.has_error():
-                reason = f"Flower error {reply.error.code}: {reply.error.reason}"
+                reason = scrub_message(f"Flower error {reply.error.code}: {reply.error.reason}", [])
             else:
                 try:
                     parsed = wire.parse_evaluate_reply(reply.content)
