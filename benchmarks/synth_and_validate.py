@@ -58,7 +58,8 @@ def main() -> None:
             n_cases = sum(len(s) for s in fed)
             print(f"{modality:<13} {'synth (write)':<26} {t_write:8.2f} {n_cases:6d} {n_cases / t_write:8.1f} {m_write:9.1f}")
             problems, t_val, m_val = measure(fed.validate)
-            assert not problems, problems
+            errors = [p for p in problems if p.is_error]  # warnings (near-duplicates of synthetic patients) are fine
+            assert not errors, errors
             print(f"{modality:<13} {'medfed validate':<26} {t_val:8.2f} {n_cases:6d} {n_cases / t_val:8.1f} {m_val:9.1f}")
             n_files, t_ref, m_ref = measure(lambda m=modality: monai_read_all(out / m))
             print(f"{modality:<13} {'MONAI LoadImage (files)':<26} {t_ref:8.2f} {n_files:6d} {n_files / t_ref:8.1f} {m_ref:9.1f}")
