@@ -14,8 +14,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medfed.errors import ConfigError, MedfedError
 from medfed.sites import load_federation
@@ -31,6 +29,8 @@ from medfed.sites.dicom_io import DicomReadError, read_dicom_image, read_dicom_m
 from medfed.sites.identity import age_group, parse_dicom_age
 from medfed.sites.raster_io import RasterReadError, read_raster, to_unit
 from medfed.synth.chest_xray import write_chest_xray
+
+from dicom_support import write_dicom
 
 IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName")
 
@@ -56,24 +56,8 @@ def raw_table(root: Path) -> pd.DataFrame:
 
 def make_dicom(path: Path, stored: np.ndarray, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
                intercept: float = 0.0, pixels: bool = True, **header: str) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    for key, value in header.items():
-        setattr(ds, key, value)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
-    if pixels:
-        ds.PixelData = stored.astype("<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, stored, photometric=photometric, bits=12, slope=slope, intercept=intercept,
+                       pixels=pixels, **header)
 
 
 def fake_identifiers(root: Path) -> set[str]:

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_voi_lut
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medfed.sites.dicom_io import (
     INTENSITY_MODES,
@@ -26,34 +25,18 @@ from medfed.sites.dicom_io import (
 )
 from medfed.sites.raster_io import raster_unit
 
+import dicom_support
+
 BITS = 15
 TOP = 2**BITS - 1
 SECRET_ID = "QZ7XK4WJ9PVB"
 
 
 def write_dicom(path: Path, stored: np.ndarray, *, photometric: str = "MONOCHROME1", bits: int = BITS,
-                slope: float = 1.0, intercept: float = 0.0, voi_lut: Dataset | None = None, **header) -> Path:
+                **options) -> Path:
     """A CR file: 16 bits allocated, ``bits`` stored, unsigned, explicit VR little endian."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    for key, value in header.items():
-        setattr(ds, key, value)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
-    if voi_lut is not None:
-        ds.VOILUTSequence = Sequence([voi_lut])
-    ds.PixelData = stored.astype("<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    options.setdefault("Modality", "CR")
+    return dicom_support.write_dicom(path, stored, photometric=photometric, bits=bits, **options)
 
 
 def ramp(shape: tuple[int, int] = (16, 32), top: int = TOP, seed: int = 0) -> np.ndarray:

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medfed.cli import main
+
+from dicom_support import write_dicom
 from medfed.sites import load_federation
 
 
@@ -25,24 +26,9 @@ def png(path: Path, seed: int, size: int = 32) -> Path:
 
 
 def dicom(path: Path, seed: int, syntax=ExplicitVRLittleEndian, **header: str) -> Path:
-    rng = np.random.default_rng(seed)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    for key, value in header.items():
-        setattr(ds, key, value)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows = ds.Columns = 32
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = rng.integers(0, 4096, (32, 32)).astype("<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
-    return path
+    header.setdefault("Modality", "CR")
+    stored = np.random.default_rng(seed).integers(0, 4096, (32, 32))
+    return write_dicom(path, stored, syntax=syntax, **header)
 
 
 def folder_federation(tmp_path: Path) -> Path:
