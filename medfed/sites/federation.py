@@ -74,7 +74,7 @@ class Federation:
             problems.extend(site.validate(progress=progress))
         prints = [fp for site in self.sites for fp in site.fingerprints]
         groups = {(site.name, case): group for site in self.sites
-                  for case, group in zip(site.cases["case_id"], site.cases["group"], strict=True)}
+                  for case, group in site.cases[["case_id", "group"]].itertuples(index=False)}
         return problems + duplicate_problems(prints, allow_duplicates=allow_duplicates, groups=groups)
 
 
