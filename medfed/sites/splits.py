@@ -47,30 +47,38 @@ def assign_splits(
     the next ``round(n * val)`` to val" per stratum, the splitter medfed used before groups.
     """
     check_fractions(val_fraction, test_fraction)
-    ids = case_ids.astype(str)
-    keys = strata.astype(str) if strata is not None else pd.Series("all", index=ids.index)
-    group_of = groups.astype(str) if groups is not None else ids
-    frame = pd.DataFrame({"case": ids.to_numpy(), "group": group_of.to_numpy(), "stratum": keys.to_numpy()},
-                         index=ids.index)
-    sizes = frame.groupby("group").size()
-    counts = frame.groupby(["group", "stratum"]).size().rename("n").reset_index()
-    # each group's stratum: most frequent, ties to the smallest value (sort, then keep the first per group)
-    counts = counts.sort_values(["group", "n", "stratum"], ascending=[True, False, True], kind="stable")
-    group_stratum = counts.drop_duplicates("group").set_index("group")["stratum"]
-    split_of: dict[str, str] = {}
+    if case_ids.empty:
+        return pd.Series([], index=case_ids.index, dtype=object)
+    ids = case_ids.astype(str).to_numpy()
+    group_of = groups.astype(str).to_numpy() if groups is not None else ids
+    stratum_of = strata.astype(str).to_numpy() if strata is not None else np.full(len(ids), "all")
+    # integer codes in sorted-string order (np.unique sorts like Python's str ordering)
+    group_names, group_code = np.unique(group_of.astype(str), return_inverse=True)
+    stratum_names, stratum_code = np.unique(stratum_of.astype(str), return_inverse=True)
+    group_code, stratum_code = group_code.ravel(), stratum_code.ravel()
+    sizes = np.bincount(group_code, minlength=len(group_names))
+    # each group's stratum: most frequent, ties to the smallest value
+    pairs, pair_counts = np.unique(np.stack([group_code, stratum_code]), axis=1, return_counts=True)
+    order = np.lexsort((pairs[1], -pair_counts, pairs[0]))  # by group, then count descending, then stratum
+    first = order[np.concatenate(([True], pairs[0][order][1:] != pairs[0][order][:-1]))]
+    group_stratum = np.empty(len(group_names), dtype=np.int64)
+    group_stratum[pairs[0][first]] = pairs[1][first]
+    split_of = np.full(len(group_names), "train", dtype=object)
     rng = np.random.default_rng(seed)
-    for stratum in sorted(group_stratum.unique()):
-        members = np.sort(group_stratum.index[group_stratum == stratum].to_numpy().astype(str))
-        order = members[rng.permutation(len(members))]
-        n_cases = int(sizes.loc[members].sum())
+    for stratum in range(len(stratum_names)):
+        members = np.flatnonzero(group_stratum == stratum)  # codes ascending = group ids sorted
+        if not len(members):
+            continue
+        permuted = members[rng.permutation(len(members))]
+        member_sizes = sizes[permuted].tolist()
+        n_cases = int(sum(member_sizes))
         gaps = {"test": round(n_cases * test_fraction), "val": round(n_cases * val_fraction)}
-        for group in order:
-            size = int(sizes.loc[group])
+        for group, size in zip(permuted.tolist(), member_sizes):
             chosen = next((name for name in ("test", "val") if gaps[name] >= size / 2), "train")
             if chosen != "train":
                 gaps[chosen] -= size
             split_of[group] = chosen
-    return pd.Series(frame["group"].map(split_of).to_numpy(), index=ids.index, dtype=object)
+    return pd.Series(split_of[group_code], index=case_ids.index, dtype=object)
 
 
 def straddling_groups(groups: pd.Series, splits: pd.Series) -> dict[str, list[str]]:
