@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from monai.data import Dataset as MonaiDataset
 from monai.transforms import Compose, Transform
+from threadpoolctl import threadpool_limits
 
 from medfed.config import SplitConfig
 from medfed.errors import ConfigError, MedfedError, Problem, warning
@@ -96,6 +97,7 @@ class Site(ABC):
         self._item_cache: dict[tuple[str, str], dict[str, Any]] = {}  # (split, case id) -> default-transformed item
         self._item_cache_bytes = 0
         self._fingerprints: list[Any] = []  # pixel fingerprints of the last validate() (duplicate detection)
+        self._pixel_hashes: list[tuple[str, str, int, int]] = []  # (case, digest, phash, fine) during validate()
         table, problems = self._index()
         self._problems: list[Problem] = list(problems)
         self._table = self._finalise(table)
@@ -144,13 +146,12 @@ class Site(ABC):
     def record_pixels(self, case: pd.Series, pixels: np.ndarray, preview: np.ndarray | None = None) -> None:
         """Keep a fingerprint of a case's decoded pixels during :meth:`validate` for the duplicate checks of
         :func:`medfed.sites.leakage.duplicate_problems`: the exact digest of ``pixels`` and the perceptual hash of
-        ``preview`` (a 2-D view of a volume; default ``pixels``). Called by ``_check_case``."""
-        from medfed.sites.duplicates import ImageFingerprint, fast_perceptual_hashes, pixel_digest
+        ``preview`` (a 2-D view of a volume; default ``pixels``). Called by ``_check_case``; :meth:`validate`
+        adds each case's file and split afterwards."""
+        from medfed.sites.duplicates import fast_perceptual_hashes, pixel_digest
 
         coarse, fine = fast_perceptual_hashes(pixels if preview is None else preview)
-        self._fingerprints.append(ImageFingerprint(
-            site=self.name, case=str(case["case_id"]), file=str(case.get("_source_id", case["case_id"])),
-            split=str(case["split"]), digest=pixel_digest(pixels), phash=coarse, fine_phash=fine))
+        self._pixel_hashes.append((str(case["case_id"]), pixel_digest(pixels), coarse, fine))
 
     def private_texts(self, row: Mapping[str, Any] | None = None) -> list[str]:
         """What must never appear in a message leaving the site: the data folder(s) and, for ``row``, its
@@ -272,20 +273,33 @@ class Site(ABC):
     def validate(self, progress: bool = False) -> list[Problem]:
         """Every problem of this site: indexing problems plus a full read of every indexed case."""
         problems = list(self._problems)
-        self._fingerprints = []
+        self._fingerprints, self._pixel_hashes = [], []
         records = self._table.to_dict("records")
         iterator: Any = records
         if progress:
             from tqdm.auto import tqdm
 
             iterator = tqdm(records, desc=f"validate {self.name}", unit="case", leave=False)
-        for record in iterator:
-            try:
-                problems.extend(self._check_case(pd.Series(record)))
-            except Exception as err:  # noqa: BLE001 - a reader bug must not hide the other cases' problems
-                reason = error_text(err, self.private_texts(record))
-                problems.append(self.problem(f"could not be checked: {reason}", record["case_id"]))
+        # one BLAS thread: the per-image products of the fingerprints are tiny, and idle BLAS threads spinning
+        # between them cost more than they save (measured in benchmarks/validate_grouping.py)
+        with threadpool_limits(limits=1, user_api="blas"):
+            for record in iterator:
+                try:
+                    problems.extend(self._check_case(pd.Series(record)))
+                except Exception as err:  # noqa: BLE001 - a reader bug must not hide the other cases' problems
+                    reason = error_text(err, self.private_texts(record))
+                    problems.append(self.problem(f"could not be checked: {reason}", record["case_id"]))
+        self._fingerprints = self._fingerprints_of(records)
         return problems + self._group_notes()
+
+    def _fingerprints_of(self, records: list[dict[str, Any]]) -> list[Any]:
+        """The hashes :meth:`record_pixels` kept, as fingerprints naming each case's file and split."""
+        from medfed.sites.duplicates import ImageFingerprint
+
+        where = {str(r["case_id"]): (str(r.get("_source_id", r["case_id"])), str(r["split"])) for r in records}
+        return [ImageFingerprint(site=self.name, case=case, file=where[case][0], split=where[case][1], digest=digest,
+                                 phash=coarse, fine_phash=fine)
+                for case, digest, coarse, fine in self._pixel_hashes]
 
     def _group_notes(self) -> list[Problem]:
         """Once per site: the split unit when some or all cases have no group key."""
