@@ -276,7 +276,8 @@ def test_pooled_values_and_totals_are_withheld_when_a_site_is_suppressed(classif
     html = write_report([classification_run], tmp_path / "w").html.read_text()
     assert "Pooled values are withheld" in html
     tiny_row = next(line for line in html.splitlines() if line.startswith("<tr><td>tiny</td>"))
-    assert '<td class="num">≥5</td>' in tiny_row and tiny_row.endswith("<td>A</td></tr>")  # total and counts hidden
+    # secondary suppression (medfed.stats.disclosure): the total and the descriptor count beside hidden splits
+    assert '<td class="num">&gt;=5</td>' in tiny_row and tiny_row.endswith("<td>A: &gt;=5</td></tr>")
     complete = make_run(tmp_path, sites={"big": 80, "mid": 30}, name="complete")
     analysis = analyse(load_run(complete))
     assert not analysis.pooled_withheld and (analysis.aggregates.query("metric == 'auroc'")["pooled"] == 0.9).all()

@@ -11,6 +11,7 @@ from medfed.report import plots
 from medfed.report.analysis import Analysis, finding_labels
 from medfed.report.formatting import digits_for, fmt, fmt_ci, fmt_p
 from medfed.stats import CORRECTIONS
+from medfed.stats.disclosure import protect_summary
 
 TASK_LABELS = {
     "classification": "image classification", "segmentation": "brain tumour segmentation (BraTS regions)",
@@ -31,32 +32,27 @@ def _environment() -> jinja2.Environment:
 
 
 def _site_rows(analysis: Analysis) -> tuple[list[dict[str, Any]], list[str]]:
-    """Site table rows: split counts plus one column per label / metadata descriptor (already suppressed).
-
-    Secondary suppression: when a split count of a site is suppressed, its total and its descriptor counts
-    (which add up to the total) are hidden too, so the small count cannot be recovered by subtraction; the
-    descriptors then list their values only.
-    """
+    """Site table rows: split counts plus one column per label / metadata descriptor, as ``sites.json`` has them
+    (under disclosure control already: primary and secondary suppression, :mod:`medfed.stats.disclosure`)."""
     rows, columns = [], []
     for site in analysis.run.sites:
+        if "splits" in site and "cases" in site:  # the rules again, in case sites.json came from elsewhere
+            site = protect_summary(site, int(site.get("min_count", 5)))
         splits = site.get("splits", {})
-        hidden = any(isinstance(v, str) for v in splits.values())
         described: dict[str, str] = {}
         if "split_unit" in site:  # the split unit and its groups per split (patients, studies, stones, subjects)
             groups = site.get("groups_per_split", {})
             described["split unit"] = site["split_unit"]
-            described["groups (train / val / test)"] = "–" if hidden else " / ".join(
-                str(groups.get(s, "")) for s in ("train", "val", "test"))
+            described["groups (train / val / test)"] = " / ".join(str(groups.get(s, "")) for s in ("train", "val", "test"))
             columns += [c for c in ("split unit", "groups (train / val / test)") if c not in columns]
         for group in ("labels", "metadata"):
             for name, counts in (site.get(group) or {}).items():
                 if name in ("format", "institution", "population") and group == "metadata" and len(counts) == 1:
                     continue  # one value everywhere says nothing
-                described[name] = ", ".join(str(k) if hidden else f"{k}: {v}" for k, v in counts.items())
+                described[name] = ", ".join(f"{k}: {v}" for k, v in counts.items())
                 if name not in columns:
                     columns.append(name)
-        total = f"≥{site.get('min_count', 5)}" if hidden else site.get("cases", "")
-        rows.append({"name": site["site"], "cases": total, "train": splits.get("train", ""),
+        rows.append({"name": site["site"], "cases": site.get("cases", ""), "train": splits.get("train", ""),
                      "val": splits.get("val", ""), "test": splits.get("test", ""), "columns": described})
     return rows, columns
 

@@ -45,6 +45,7 @@ from medfed.sites.identity import hash_case_id
 from medfed.sites.redact import CaseLoadError, error_text, path_variants, scrub_message
 from medfed.sites.splits import SPLITS, assign_splits, straddling_groups
 from medfed.stats import suppress_count
+from medfed.stats.disclosure import protect_summary
 
 PUBLIC_FIXED_COLUMNS = ("case_id", "site", "group", "split")
 #: the split unit of a site none of whose cases has a group key
@@ -313,33 +314,28 @@ class Site(ABC):
                              f"have no {self.group_unit} key; each of them is its own group")]
 
     def summary(self) -> dict[str, Any]:
-        """Aggregated, suppressed counts: cases per split, per label value and per metadata value."""
+        """Aggregated counts under disclosure control (:func:`medfed.stats.disclosure.protect_summary`): cases and
+        groups per split, per label value and per metadata value; small counts suppressed, and the counts that
+        add up to a suppressed one hidden too (secondary suppression), so no suppressed count can be derived."""
         table = self._table
-        out: dict[str, Any] = {
+        raw: dict[str, Any] = {
             "site": self.name,
             "modality": self.modality,
-            "cases": suppress_count(len(table), self.min_count),
-            "splits": {s: suppress_count(int((table["split"] == s).sum()), self.min_count) for s in SPLITS},
+            "cases": len(table),
+            "splits": {s: int((table["split"] == s).sum()) for s in SPLITS},
             "split_unit": self.split_unit,
-            "groups": suppress_count(int(table["group"].nunique()) if len(table) else 0, self.min_count),
-            "groups_per_split": {s: suppress_count(int(table.loc[table["split"] == s, "group"].nunique()),
-                                                   self.min_count) for s in SPLITS},
+            "groups": int(table["group"].nunique()) if len(table) else 0,
+            "groups_per_split": {s: int(table.loc[table["split"] == s, "group"].nunique()) for s in SPLITS},
             "cases_without_group": suppress_count(self.cases_without_group, self.min_count),
             "max_cases_per_group": int(table["group"].value_counts().max()) if len(table) else 0,
         }
         prevalence = self._prevalence_per_split()
         if prevalence:
-            out["prevalence"] = prevalence
+            raw["prevalence"] = prevalence
         for group, columns in (("labels", self.label_columns), ("metadata", self.metadata_columns)):
-            out[group] = {
-                col: {
-                    str(k): suppress_count(int(v), self.min_count)
-                    for k, v in table[col].astype(str).value_counts().sort_index().items()
-                }
-                for col in columns
-                if col in table
-            }
-        return out
+            raw[group] = {col: {str(k): int(v) for k, v in table[col].astype(str).value_counts().sort_index().items()}
+                          for col in columns if col in table}
+        return protect_summary(raw, self.min_count)
 
     def _prevalence_per_split(self) -> dict[str, str]:
         """Share of positives (value 1) of a binary primary label per split, e.g. ``{"train": "25%"}``; a split
