@@ -68,7 +68,8 @@ class SiteWork:
 def site_round_seconds(work: SiteWork, profile: SiteProfile, model_bytes: int, timing: str = "modelled") -> float:
     """``download + validation + training + upload`` seconds of one site in one round (module docstring)."""
     megabits = 8.0 * model_bytes / 1e6
-    training = work.seconds / profile.compute_factor if timing == "measured" else work.examples / profile.training_speed
+    measured = timing == "measured" or work.examples < 0  # examples -1: suppressed in the log (_site_work)
+    training = work.seconds / profile.compute_factor if measured else work.examples / profile.training_speed
     return (megabits / profile.download_mbps + work.val_examples / profile.validation_speed + training
             + megabits / profile.upload_mbps)
 
@@ -140,8 +141,7 @@ def run_convergence(run_dir: Path, profiles: TimingProfiles | None = None, model
         work = record.get("work") or {}
         if record.get("completed") and not work:
             notes.append(f"round {record['round']}: no per-site work logged (older run); counted as 0 s")
-        works.append({site: SiteWork(float(w["seconds"]), int(w["examples"]), int(w.get("val_examples", 0)))
-                      for site, w in work.items()})
+        works.append({site: _site_work(w, site, record["round"], notes) for site, w in work.items()})
     times = round_seconds(works, profiles, model_bytes)
     dice = [validation_dice(r, metric) for r in records]
     if all(np.isnan(dice)):
@@ -149,6 +149,28 @@ def run_convergence(run_dir: Path, profiles: TimingProfiles | None = None, model
     counted = int((np.cumsum(times) <= profiles.t_max).sum())
     return RunConvergence(Path(run_dir).name, convergence_score(dice, times, profiles.t_max), times.tolist(), dice,
                           counted, profiles.t_max, notes)
+
+
+def _logged_count(value: Any) -> tuple[int, bool]:
+    """A count as the round log shows it (:mod:`medfed.fl.log_disclosure`): a number, ``"<k"`` (entered as its
+    upper bound ``k - 1``) or ``">=k"`` (entered as its lower bound ``k``); the flag says it was suppressed."""
+    if isinstance(value, str):
+        bound = int(value.lstrip("<>="))
+        return (bound - 1 if value.startswith("<") else bound), True
+    return int(value or 0), False
+
+
+def _site_work(entry: Mapping[str, Any], site: str, rnd: int, notes: list[str]) -> SiteWork:
+    """One site's logged work; suppressed counts enter by their bounds, and a suppressed training count (logged
+    as ``None``) by the site's measured seconds (timing ``measured``), each with a note."""
+    val, val_hidden = _logged_count(entry.get("val_examples", 0))
+    if val_hidden:
+        notes.append(f"round {rnd}, {site}: validation count suppressed in the log; entered as {val} (its bound)")
+    examples = entry.get("examples")
+    if examples is None:
+        notes.append(f"round {rnd}, {site}: training count suppressed in the log; measured seconds used instead")
+        return SiteWork(float(entry["seconds"]), -1, val)
+    return SiteWork(float(entry["seconds"]), _logged_count(examples)[0], val)
 
 
 def checkpoint_model_bytes(run_dir: Path) -> int:

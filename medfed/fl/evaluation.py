@@ -21,9 +21,12 @@ from medfed.fl.names import POOLED
 from medfed.fl.weights import set_weights
 from medfed.sites.base import Site
 from medfed.stats import suppress_count
+from medfed.stats.disclosure import is_primary, pool_members, secondary_marker
 from medfed.tasks.base import Task
 
 SPLITS = ("val", "test")
+#: key of a round log's ``eval`` listing, per split, the sites left out of the pooled value (suppressed counts)
+POOLED_LEFT_OUT = "pooled_left_out"
 METRIC_COLUMNS = ("method", "model", "site", "split", "metric", "value", "n_cases", "suppressed")
 
 
@@ -76,13 +79,18 @@ def evaluate_models(
 def _rows(
     task: Task, records: pd.DataFrame, min_count: int, withhold: bool = False, **keys: Any
 ) -> list[dict[str, Any]]:
+    """Rows of one (site or pool, split): values hidden below ``min_count`` or when ``withhold``; a withheld
+    pool's count is hidden too (rule 2 of :mod:`medfed.stats.disclosure`: it is the sum of the sites' counts)."""
     n = int(records["case_id"].nunique())
     if n == 0:
         return []
     suppressed = n < min_count or withhold
+    shown_n = suppress_count(n, min_count)
+    if withhold and not is_primary(n, min_count):
+        shown_n = secondary_marker(min_count)
     return [
-        {**keys, "metric": metric, "value": float("nan") if suppressed else value,
-         "n_cases": suppress_count(n, min_count), "suppressed": suppressed}
+        {**keys, "metric": metric, "value": float("nan") if suppressed else value, "n_cases": shown_n,
+         "suppressed": suppressed}
         for metric, value in task.metrics(records).items()
     ]
 
@@ -92,8 +100,9 @@ def metric_table(
 ) -> pd.DataFrame:
     """Long table: one row per (model, site or ``pooled``, split, metric).
 
-    A pooled value is withheld (suppressed, exact count kept) when a site of its group is suppressed: with the
-    other sites' exact values and counts it would reveal the small site's result by subtraction.
+    A pooled value and its count are withheld when a site of its group is suppressed (rule 3 of
+    :mod:`medfed.stats.disclosure`): with the other sites' exact values and counts they would reveal the small
+    site's result and count by subtraction.
     """
     rows: list[dict[str, Any]] = []
     for (model, split), group in records.groupby(["model", "split"], sort=False):
@@ -121,3 +130,23 @@ def metrics_by_site(
             k: (None if not keep or not np.isfinite(v) else round(float(v), 6)) for k, v in values.items()
         }
     return out
+
+
+def pooled_round_metrics(
+    task: Task, records: pd.DataFrame, min_counts: Mapping[str, int]
+) -> tuple[dict[str, dict[str, float | None]], dict[str, list[str]]]:
+    """Per-round pooled metrics ``{split: {metric: value}}`` over the sites whose count of that split is shown,
+    and the sites left out per split (rule 3 of :mod:`medfed.stats.disclosure`: a site with a suppressed count
+    never enters a published pooled value, so the pool cannot give its result away)."""
+    metrics: dict[str, dict[str, float | None]] = {}
+    left_out: dict[str, list[str]] = {}
+    for split, group in records.groupby("split", sort=False):
+        counts = group.groupby("site", sort=True)["case_id"].nunique()
+        keep, dropped = pool_members({str(s): int(n) for s, n in counts.items()}, min_counts)
+        if dropped:
+            left_out[str(split)] = dropped
+        pool = group[group["site"].astype(str).isin(keep)].assign(site=POOLED)
+        if len(pool):
+            pool_min = max((int(min_counts.get(s, 1)) for s in keep), default=1)
+            metrics.update(metrics_by_site(task, pool, {POOLED: pool_min}).get(POOLED, {}))
+    return metrics, left_out

@@ -45,8 +45,9 @@ from tqdm.auto import tqdm
 from medfed.errors import ConfigError, MedfedError
 from medfed.fl.adversaries import AdversaryConfig, AttackContext, build_adversary
 from medfed.fl.checkpoint import load_checkpoint, save_checkpoint
+from medfed.fl.log_disclosure import disclose_round, shown_splits
 from medfed.fl.config import TrainingConfig
-from medfed.fl.evaluation import EvalDatasets, evaluate_on_site, metrics_by_site
+from medfed.fl.evaluation import POOLED_LEFT_OUT, EvalDatasets, evaluate_on_site, metrics_by_site, pooled_round_metrics
 from medfed.fl.sampling import available_sites, sample_sites
 from medfed.fl.strategies import Strategy
 from medfed.fl.strategies.centralised import POOLED
@@ -216,6 +217,8 @@ class MethodRunner:
         self.min_counts = {s.name: s.min_count for s in self.sites}
         self._secrets = [text for s in self.sites for text in s.private_texts()]  # hidden in recorded errors
         self._val_examples = {s.name: len(s.split("val")) for s in self.sites}
+        # what sites.csv shows of each site's splits: the round log shows no more (medfed.fl.log_disclosure)
+        self._shown = shown_splits({s.name: (s.summary(), s.min_count) for s in self.sites}, POOLED)
         self.clients = [POOLED] if strategy.pooled else list(self.site_names)
         self._local_lr = float(task.config.optimizer.lr)  # SCAFFOLD's control variates need the local step size
         if isinstance(training.availability, dict):
@@ -270,6 +273,7 @@ class MethodRunner:
             if len(available) < needed:  # not a fault: the round waits for the next one, the model is unchanged
                 record["skipped"] = f"only {len(available)} of {len(self.clients)} sites available ({needed} needed)"
                 record["seconds"] = round(time.perf_counter() - began, 3)
+                record = self._logged(record)
                 log.append(record)
                 save_checkpoint(checkpoint, {"method": self.name, "clients": self.clients, "round": rnd,
                                              "global": global_weights, "state": state, "log": log})
@@ -290,7 +294,7 @@ class MethodRunner:
                 with quiet_collate():
                     record["eval"] = self._evaluate_round(model, global_weights, state)
             record["seconds"] = round(time.perf_counter() - began, 3)
-            record = log_record(record)
+            record = self._logged(record)
             log.append(record)
             save_checkpoint(checkpoint, {"method": self.name, "clients": self.clients, "round": rnd,
                                          "global": global_weights, "state": state, "log": log})
@@ -375,15 +379,23 @@ class MethodRunner:
             set_weights(model, models[site])
             frames.append(evaluate_on_site(self.task, model, site, self.eval_datasets))
         records = pd.concat(frames, ignore_index=True)
-        by_site = metrics_by_site(self.task, records, self.min_counts)
-        # every site's model on its own cases, pooled (the federation's validation score, e.g. for convergence)
-        pooled = records.assign(site=POOLED)
-        by_site.update(metrics_by_site(self.task, pooled, {POOLED: max(self.min_counts.values(), default=1)}))
+        by_site: dict[str, Any] = metrics_by_site(self.task, records, self.min_counts)
+        # every site's model on its own cases, pooled over the sites whose counts are shown (the federation's
+        # validation score, e.g. for convergence); sites left out are listed under "pooled_left_out"
+        pooled, left_out = pooled_round_metrics(self.task, records, self.min_counts)
+        if pooled:
+            by_site[POOLED] = pooled
+        if left_out:
+            by_site[POOLED_LEFT_OUT] = left_out
         return by_site
+
+    def _logged(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A round record as the log and the checkpoint keep it: JSON-ready, counts under disclosure control."""
+        return disclose_round(log_record(record), self._shown)
 
     def _write_log(self, log: list[dict[str, Any]]) -> None:
         atomic_write_text(self.run_dir / ROUNDS_LOG, "".join(json.dumps(r) + "\n" for r in log))
 
     def _append_log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / ROUNDS_LOG).open("a") as handle:
-            handle.write(json.dumps(log_record(record)) + "\n")
+            handle.write(json.dumps(self._logged(record)) + "\n")

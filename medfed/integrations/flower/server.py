@@ -79,8 +79,9 @@ from medfed.fl.config import (
     federation_path,
     load_experiment,
 )
-from medfed.fl.evaluation import METRIC_COLUMNS, metric_table, metrics_by_site
+from medfed.fl.evaluation import METRIC_COLUMNS, POOLED_LEFT_OUT, metric_table, metrics_by_site, pooled_round_metrics
 from medfed.fl.experiment import check_resume_config, resolved_config, write_sites
+from medfed.fl.log_disclosure import disclose_round, shown_splits
 from medfed.fl.names import OWN_MODEL, POOLED
 from medfed.fl.runner import (
     CHECKPOINT,
@@ -355,7 +356,7 @@ class MedfedStrategy(Strategy):
 
     def _append_log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / ROUNDS_LOG).open("a") as handle:
-            handle.write(json.dumps(log_record(record)) + "\n")
+            handle.write(json.dumps(self._logged(record)) + "\n")
 
     def _budget(self) -> tuple[int, int | None]:
         steps = self.training.local_steps
@@ -466,10 +467,12 @@ class MedfedStrategy(Strategy):
         self.global_weights, self.state = new_global, new_state
         record["aggregation"] = diagnostics
         metrics = MetricRecord({"completed": len(record["completed"]), "failed": len(record["failed"])})
+        shown = self._logged({"num_examples": record["num_examples"]})["num_examples"]  # as rounds.jsonl shows them
         for site in record["completed"]:  # every site's values, not one weighted mean
             loss = record["train_loss"][site]
             metrics[f"train-loss.{site}"] = float(loss) if loss is not None else float("nan")
-            metrics[f"num-examples.{site}"] = int(record["num_examples"][site])
+            if not isinstance(shown[site], str):  # a suppressed count is left out (Flower logs its metrics)
+                metrics[f"num-examples.{site}"] = int(shown[site])
         return self._arrays(self.global_weights), metrics
 
     # ----------------------------------------------------------------- Flower: evaluate
@@ -517,6 +520,12 @@ class MedfedStrategy(Strategy):
             out[site] = parsed
         return out
 
+    def _logged(self, record: dict[str, Any]) -> dict[str, Any]:
+        """As ``MethodRunner._logged``: JSON-ready, per-site counts no more exact than ``sites.csv`` shows them."""
+        shown = shown_splits({name: (info.summary, info.min_count) for name, info in self.site_info.items()
+                              if info.error is None}, POOLED)
+        return disclose_round(log_record(record), shown)
+
     def min_counts(self) -> dict[str, int]:
         return {s: self.site_info[s].min_count for s in self.clients if s in self.site_info}
 
@@ -548,14 +557,17 @@ class MedfedStrategy(Strategy):
                 out[site] = _rows_by_split(table)
         if self.clients and all(s in got and got[s].kind == wire.EVAL_RECORDS for s in self.clients):
             records = pd.concat([got[s].tables[0] for s in self.clients], ignore_index=True)
-            pooled = records.assign(site=POOLED)
-            out.update(metrics_by_site(self.task, pooled, {POOLED: max(min_counts.values(), default=1)}))
+            pooled, left_out = pooled_round_metrics(self.task, records, min_counts)
+            if pooled:
+                out[POOLED] = pooled
+            if left_out:
+                out[POOLED_LEFT_OUT] = left_out
         return out
 
     def _finish(self, current: _Round) -> None:
         record = current.record
         record["seconds"] = round(time.perf_counter() - current.began, 3)
-        record = log_record(record)
+        record = self._logged(record)
         self.log.append(record)
         self._save(current.number)
         self._append_log(record)
