@@ -38,6 +38,7 @@ from medfed.errors import MedfedError
 from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation
 from medfed.stats import suppress_count
+from medfed.stats.disclosure import is_primary, secondary_marker
 
 #: ranked metrics by prefix: direction, and whether a missing case counts as the ``missing_dice`` /
 #: ``missing_hd95`` option or a fixed worst value. Segmentation ranks Dice and HD95 of ET, TC, WT (FeTS's 6
@@ -107,6 +108,21 @@ def ranking_table(records: pd.DataFrame) -> pd.DataFrame:
     return ranked[["team", "institution", "case_id", "metric", "value"]]
 
 
+def _total_cases(messages: Sequence[Any], min_counts: Mapping[str, int]) -> int | str:
+    """All institutions' cases, hidden (``">=k"``) when an institution's count is suppressed: the total beside
+    the shown counts would give the small one away (rule 2 of :mod:`medfed.stats.disclosure`)."""
+    cells: dict[str, int] = {"total": int(sum(m.n_cases for m in messages))}
+    hidden: dict[str, str] = {}
+    for m in messages:
+        cells[m.site] = int(m.n_cases)
+        if is_primary(int(m.n_cases), min_counts[m.site]):
+            hidden[m.site] = f"<{min_counts[m.site]}"
+    if not hidden:
+        return cells["total"]
+    k = max(min_counts.values())
+    return secondary_marker(k) if cells["total"] >= k else f"<{k}"
+
+
 def institution_table(records: pd.DataFrame, summaries: pd.DataFrame, min_counts: Mapping[str, int]) -> pd.DataFrame:
     """Per team and institution: case count, mean and median of every per-case metric and the site-level
     metrics (AUROC); values hidden below the institution's ``min_count`` (the count shown as ``<min_count``)."""
@@ -172,7 +188,7 @@ def score(
         "ranked_metrics": metrics,
         "teams": teams, "institutions": [{"site": m.site, "institution": m.institution,
                                           "cases": suppress_count(m.n_cases, min_counts[m.site])} for m in messages],
-        "cases": int(sum(m.n_cases for m in messages)), "rules": asdict(options.rules),
+        "cases": _total_cases(messages, min_counts), "rules": asdict(options.rules),
         "missing": missing,
         "bootstrap": {"resamples": options.n_resamples, "seed": options.seed,
                       "kendall_tau_median": float(np.median(tau)) if tau.size else None,

@@ -88,7 +88,7 @@ from medfed.config import SplitConfig, read_yaml, resolve_path, validate_model
 from medfed.errors import ConfigError, DataProblems, MedfedError, Problem
 from medfed.sites.identity import hash_case_id
 from medfed.sites.splits import SPLITS, assign_splits
-from medfed.stats.suppression import suppress_count
+from medfed.stats.disclosure import Relation, protect
 from medfed.text.base import Report
 from medfed.text.taxonomy import Taxonomy, load_taxonomy
 
@@ -442,21 +442,37 @@ class ReportSite:
         return self._rows(split)[["report_id", *self.taxonomy.names]].reset_index(drop=True)
 
     def summary(self) -> dict[str, Any]:
-        """Suppressed counts (``<min_count`` below ``min_count``): reports per split, and per label value overall
-        (``labels``) and per split (``labels_by_split``). Never any text or id."""
-        table, k = self._table, self.min_count
+        """Counts under disclosure control (:mod:`medfed.stats.disclosure`: small counts suppressed, and the
+        counts that add up with them hidden too): reports per split, and per label value overall (``labels``) and
+        per split (``labels_by_split``). Never any text or id."""
+        table = self._table
+        cells: dict[str, int] = {"reports": len(table)}
+        relations = [Relation("reports", tuple(f"split:{s}" for s in SPLITS))]
+        for split in SPLITS:
+            cells[f"split:{split}"] = int((table["split"] == split).sum())
+        for label in self.taxonomy.names:
+            values = self.taxonomy.allowed(label)
+            for value in values:
+                cells[f"{label}={value}"] = int((table[label] == value).sum())
+                relations.append(Relation(f"{label}={value}", tuple(f"{s}:{label}={value}" for s in SPLITS)))
+                for split in SPLITS:
+                    rows = table[table["split"] == split]
+                    cells[f"{split}:{label}={value}"] = int((rows[label] == value).sum())
+            relations.append(Relation("reports", tuple(f"{label}={v}" for v in values)))
+            relations += [Relation(f"split:{s}", tuple(f"{s}:{label}={v}" for v in values)) for s in SPLITS]
+        shown = protect(cells, relations, self.min_count)
 
-        def label_counts(rows: pd.DataFrame) -> dict[str, dict[str, int | str]]:
-            return {label: {value: suppress_count(int((rows[label] == value).sum()), k)
-                            for value in self.taxonomy.allowed(label)} for label in self.taxonomy.names}
+        def label_counts(prefix: str) -> dict[str, dict[str, int | str]]:
+            return {label: {value: shown[f"{prefix}{label}={value}"] for value in self.taxonomy.allowed(label)}
+                    for label in self.taxonomy.names}
 
         return {
             "site": self.name,
             "language": self.language,
-            "reports": suppress_count(len(table), k),
-            "splits": {s: suppress_count(int((table["split"] == s).sum()), k) for s in SPLITS},
-            "labels": label_counts(table),
-            "labels_by_split": {s: label_counts(table[table["split"] == s]) for s in SPLITS},
+            "reports": shown["reports"],
+            "splits": {s: shown[f"split:{s}"] for s in SPLITS},
+            "labels": label_counts(""),
+            "labels_by_split": {s: label_counts(f"{s}:") for s in SPLITS},
         }
 
 
