@@ -229,6 +229,19 @@ def test_subjects_on_different_grids_are_a_site_problem(brain_copy):
     assert [p.reason for p in federation.validate() if p.is_error] == [problem.reason]
 
 
+def test_sites_on_different_grids_warn_that_a_pooled_method_cannot_batch_them(brain_copy):
+    site = next(s for s in load_federation(config_of(brain_copy)) if SUBJECT in set(s._table["_source_id"]))
+    for subject in site._table["_source_id"]:  # one whole site on another grid: each site is consistent
+        regrid(brain_copy, subject, 40)
+    federation = load_federation(config_of(brain_copy))  # strict loading passes: federated methods are fine
+    (problem,) = [p for p in federation.problems if "grid sizes" in p.reason]
+    assert problem.severity == "warning" and problem.site == "federation"
+    assert f"{site.name} 40x40x40" in problem.reason and "32x32x32" in problem.reason
+    assert "centralised" in problem.reason and "spatial_size" in problem.reason
+    edit_source(brain_copy, spatial_size=[32, 32, 32])
+    assert not [p for p in load_federation(config_of(brain_copy)).problems if "grid sizes" in p.reason]
+
+
 def test_spatial_size_makes_different_grids_fit(brain_copy):
     regrid(brain_copy, SUBJECT, 40)
     edit_source(brain_copy, spatial_size=[32, 32, 32])

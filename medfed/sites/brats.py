@@ -53,7 +53,7 @@ from monai.transforms import (
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medfed.config import FederationConfig, resolve_path, validate_model
-from medfed.errors import ConfigError, MedfedError, Problem, describe_path
+from medfed.errors import ConfigError, MedfedError, Problem, describe_path, warning
 from medfed.sites.base import ReferenceCase, Site, finite_problems
 from medfed.sites.brats_partitions import PARTITION_COLUMNS  # noqa: F401 - re-exported (tests, callers)
 from medfed.sites.brats_partitions import find_partition_csv, partition_order, read_partitions, whole_groups
@@ -415,4 +415,23 @@ def build_sites(config: FederationConfig, config_dir: Path, source: str) -> tupl
     if duplicates:
         raise ConfigError(f"{source}: sources.*.name / site_names: site name(s) {', '.join(duplicates)} "
                           f"used more than once")
-    return sites, problems
+    return sites, problems + _pooled_grid_problems(sites)
+
+
+def _pooled_grid_problems(sites: Sequence[Site]) -> list[Problem]:
+    """A warning when the sites, each of one grid size, differ from one another without ``spatial_size``:
+    federated methods train site by site and are fine, but a pooled method (``centralised``) batches cases of
+    all sites together and would fail in every round."""
+    grids = {}
+    for site in sites:
+        if not isinstance(site, BratsSite) or site.options.spatial_size is not None or not len(site.cases):
+            continue
+        shapes = set(site.cases["shape"])
+        if len(shapes) == 1:  # a site with several is already an error of its own
+            grids[site.name] = shapes.pop()
+    if len(set(grids.values())) < 2:
+        return []
+    listing = ", ".join(f"{name} {shape}" for name, shape in grids.items())
+    return [warning("federation", f"sites come in {len(set(grids.values()))} grid sizes ({listing}); a pooled "
+                                  "method (centralised) batches all sites' cases together and needs one size: set "
+                                  "spatial_size in the sources, or resample the volumes to one grid")]
