@@ -242,6 +242,7 @@ def _report_options(args: argparse.Namespace):
     return ReportOptions(
         baselines=tuple(args.baseline or ()), n_resamples=args.resamples, confidence=args.confidence,
         ci_method=args.ci, correction=args.correction, seed=args.report_seed, min_ci_cases=args.min_ci_cases,
+        meta_ci=args.meta_ci,
     )
 
 
@@ -253,7 +254,7 @@ def _report(run_dirs: list[Path], out: Path | None, options) -> None:
     tested = int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0
     significant = int((comparisons["p_adjusted"] < 0.05).sum()) if len(comparisons) else 0
     print(f"   report: {result.html} ({tested} paired comparisons tested, {significant} significant after "
-          f"{options.correction} correction; numbers in per_site.csv, comparisons.csv, summary.json, summary.md)")
+          f"{options.correction} correction; numbers in per_site.csv, comparisons.csv, meta_analysis.csv, summary.json, summary.md)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -397,6 +398,9 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--report-seed", type=_number(int, 0), default=0, help="seed of the bootstrap resamples")
     group.add_argument("--min-ci-cases", type=_number(int, 2), default=10,
                        help="fewest test cases for a CI or test (default 10)")
+    group.add_argument("--meta-ci", choices=("hksj", "wald"), default="hksj",
+                       help="CI of the random-effects meta-analysis across sites (meta_analysis.csv): "
+                            "Hartung-Knapp-Sidik-Jonkman (default; few sites) or Wald")
 
 
 def cmd_flower_certs(args: argparse.Namespace) -> int:

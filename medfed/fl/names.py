@@ -15,4 +15,5 @@ def deployed_model(method_models: list[str]) -> str:
 
 
 #: the files a report writes into a run directory (``medfed.report.writer``); a fresh run removes stale ones
-REPORT_FILES = ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md")
+REPORT_FILES = ("report.html", "per_site.csv", "comparisons.csv", "meta_analysis.csv", "calibration.csv", "summary.json",
+                "summary.md")

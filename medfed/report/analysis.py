@@ -15,6 +15,8 @@ from medfed.report.cases import SiteCases, site_cases
 from medfed.report.metrics import PRIMARY, MetricSpec, specs_for
 from medfed.report.run_data import RunData
 from medfed.seeding import rng_for
+from medfed.stats.meta import CI_METHODS as META_CI_METHODS
+from medfed.stats.power import minimum_detectable_difference
 from medfed.stats import (
     CI_METHODS,
     CORRECTIONS,
@@ -45,8 +47,11 @@ class ReportOptions:
     correction: str = "holm"  #: "holm", "bh" or "none"; family = sites x comparisons, per metric
     seed: int = 0
     min_ci_cases: int = 10  #: fewer test cases than this: no CI and no test ("too few cases")
+    meta_ci: str = "hksj"  #: CI of the random-effects meta-analysis across sites: "hksj" (default) or "wald"
 
     def check(self) -> None:
+        if self.meta_ci not in META_CI_METHODS:
+            raise MedfedError(f"unknown meta-analysis CI {self.meta_ci!r}; choose {' or '.join(META_CI_METHODS)}")
         if self.ci_method not in CI_METHODS:
             raise MedfedError(f"unknown CI method {self.ci_method!r}; choose {' or '.join(CI_METHODS)}")
         if self.correction not in CORRECTIONS:
@@ -211,8 +216,8 @@ def finding_labels(run: RunData) -> list[str] | None:
 
 
 #: columns of a comparison row (also of an empty table: a report with one method compares nothing)
-COMPARISON_COLUMNS = ("site", "metric", "label", "unit", "method", "baseline", "difference", "ci_low", "ci_high",
-                      "p_bootstrap", "test", "p_value", "effect_size", "effect_size_name", "n_cases", "note")
+COMPARISON_COLUMNS = ("site", "metric", "label", "unit", "method", "baseline", "difference", "se", "mdd_80", "ci_low",
+                      "ci_high", "p_bootstrap", "test", "p_value", "effect_size", "effect_size_name", "n_cases", "note")
 
 
 def _compare(
@@ -221,7 +226,8 @@ def _compare(
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "site": site, "metric": spec.name, "label": spec.label, "unit": spec.unit, "method": method,
-        "baseline": baseline, "difference": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_bootstrap": np.nan,
+        "baseline": baseline, "difference": np.nan, "se": np.nan, "mdd_80": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+        "p_bootstrap": np.nan,
         "test": TEST_NAMES[spec.test], "p_value": np.nan, "effect_size": np.nan, "effect_size_name": "",
         "n_cases": n_cases, "note": note,
     }
@@ -230,17 +236,19 @@ def _compare(
         row["note"] = note or "not computed"
         return row
     diff = paired_difference(estimates[a], estimates[b], distributions[a], distributions[b], options.confidence)
-    row.update(difference=diff.estimate, ci_low=diff.low, ci_high=diff.high, p_bootstrap=diff.p_value,
+    row.update(difference=diff.estimate, se=diff.se, ci_low=diff.low, ci_high=diff.high, p_bootstrap=diff.p_value,
                p_value=diff.p_value, effect_size_name=f"difference in {spec.label}")
     row["effect_size"] = diff.estimate
     stat_a, stat_b = cases.statistics[a], cases.statistics[b]
     if spec.test == "delong":
         result = delong_test(stat_a.scores, stat_b.scores, stat_a.targets, options.confidence)
-        row.update(p_value=result.p_value, effect_size=result.z, effect_size_name="z (difference / DeLong SE)")
+        row.update(p_value=result.p_value, effect_size=result.z, effect_size_name="z (difference / DeLong SE)",
+                   se=result.se)  # DeLong's standard error of the AUROC difference (the test's own)
     elif spec.test == "wilcoxon":
         result = paired_wilcoxon(stat_a.values, stat_b.values)
         row.update(p_value=result.p_value, effect_size=result.rank_biserial,
                    effect_size_name="matched-pairs rank-biserial r")
+    row["mdd_80"] = minimum_detectable_difference(row["se"])  # 80% power, two-sided 5% (medfed.stats.power)
     if not np.isfinite(row["difference"]):
         row["note"] = "undefined on these cases"
     return row

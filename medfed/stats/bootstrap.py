@@ -133,13 +133,15 @@ def bootstrap_ci(
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """``estimate`` = statistic(A) - statistic(B) on the same cases, its percentile CI and two-sided P."""
+    """``estimate`` = statistic(A) - statistic(B) on the same cases, its percentile CI and two-sided P, and its
+    bootstrap standard error ``se`` (standard deviation of the resampled differences, ``ddof=1``)."""
 
     estimate: float
     low: float
     high: float
     p_value: float
     n_resamples: int
+    se: float = float("nan")
 
 
 def bootstrap_p_value(differences: np.ndarray) -> float:
@@ -166,6 +168,8 @@ def paired_difference(
     """Difference A - B from two statistics' values on the same resamples (see module docstring)."""
     differences = distribution_a - distribution_b
     low, high = percentile_interval(differences, confidence)
+    finite = differences[np.isfinite(differences)]
+    se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
     return PairedDifference(
-        float(estimate_a - estimate_b), low, high, bootstrap_p_value(differences), int(np.isfinite(differences).sum())
+        float(estimate_a - estimate_b), low, high, bootstrap_p_value(differences), int(finite.size), se
     )
