@@ -61,7 +61,8 @@ def test_main_job_trains_every_demo_experiment_and_leaks_no_identifier(small_dat
     captured = capsys.readouterr()
     for name in ("demo_brain_mri", "demo_chest_xray", "demo_ureteroscopy"):
         assert (out / name / "metrics.csv").is_file() and (out / name / "summary.csv").is_file()
-        for report_file in ("report.html", "per_site.csv", "comparisons.csv", "summary.json", "summary.md"):
+        for report_file in ("report.html", "per_site.csv", "comparisons.csv", "meta_analysis.csv", "calibration.csv",
+                            "summary.json", "summary.md"):
             assert (out / name / report_file).is_file(), (name, report_file)
         assert f"== {name}:" in captured.out
     assert "not privacy-preserving" in captured.out

@@ -165,8 +165,15 @@ def test_report_files_are_deterministic_and_the_seed_matters(classification_run,
     a = write_report([classification_run], tmp_path / "a")
     b = write_report([classification_run], tmp_path / "b")
     c = write_report([classification_run], tmp_path / "c", ReportOptions(seed=1))
-    for name in ("per_site.csv", "comparisons.csv", "summary.md", "report.html"):
+    for name in ("per_site.csv", "comparisons.csv", "meta_analysis.csv", "summary.md", "report.html"):
         assert (a.out / name).read_bytes() == (b.out / name).read_bytes(), name
+    meta = pd.read_csv(a.out / "meta_analysis.csv")
+    comparisons = pd.read_csv(a.out / "comparisons.csv")
+    rows = meta[(meta["metric"] == "auroc") & meta["model"].notna()]
+    assert set(rows["model"]) == {"fixed", "dl", "pm"} and (rows["n_sites"] >= 2).all()
+    assert rows["sites_left_out"].fillna("").str.contains("tiny").all()  # suppressed: no difference, no SE
+    shown = comparisons[comparisons["difference"].notna() & (comparisons["site"] != "pooled")]
+    assert (shown["se"] > 0).all()
     assert (a.out / "per_site.csv").read_bytes() != (c.out / "per_site.csv").read_bytes()
     summary = json.loads((a.out / "summary.json").read_text())
     assert summary["options"]["n_resamples"] == 1000 and summary["primary_metric"] == "auroc"

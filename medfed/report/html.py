@@ -9,7 +9,9 @@ import numpy as np
 
 from medfed.report import plots
 from medfed.report.analysis import Analysis, finding_labels
+from medfed.report.calibration_table import calibration_rows
 from medfed.report.formatting import digits_for, fmt, fmt_ci, fmt_p
+from medfed.report.meta_table import leave_one_out, meta_analysis_table
 from medfed.stats import CORRECTIONS
 from medfed.stats.disclosure import protect_summary
 
@@ -108,8 +110,10 @@ def context(analysis: Analysis) -> dict[str, Any]:
             "p": fmt_p(row.p_value), "p_adjusted": fmt_p(row.p_adjusted),
             "significant": bool(np.isfinite(row.p_adjusted) and row.p_adjusted < 0.05),
             "effect": f"{fmt(row.effect_size, 2)} ({row.effect_size_name})" if row.effect_size_name else "–",
-            "note": row.note,
+            "note": row.note or _power_note(row.p_adjusted, row.mdd_80, digits),
         })
+    meta = _meta_sections(analysis)
+    calibration = _calibration_section(analysis)
     boxplots = None
     if run.task_kind == "segmentation":
         boxplots = plots.segmentation_boxplots(run.records, analysis.shown_sites, options.split)
@@ -131,8 +135,80 @@ def context(analysis: Analysis) -> dict[str, Any]:
         "stratified": run.task_kind == "anomaly"
         or (run.task_kind == "classification" and len(finding_labels(run) or []) < 2),
         "tests": [TEST_TEXT[t] for t in used_tests], "min_ci_cases": options.min_ci_cases, "seed": options.seed,
-        "sources": [str(p) for p in run.paths], "pooled_withheld": analysis.pooled_withheld,
+        "sources": [str(p) for p in run.paths], "pooled_withheld": analysis.pooled_withheld, "meta": meta,
+        "meta_ci_name": META_CI_NAMES[options.meta_ci], "calibration": calibration,
     }
+
+
+def _calibration_section(analysis: Analysis) -> dict[str, Any] | None:
+    """Calibration rows and one reliability diagram per shown site (first finding), or ``None`` (segmentation)."""
+    run = analysis.run
+    if run.task_kind not in ("classification", "anomaly"):
+        return None
+    table, curves = calibration_rows(run.task_kind, run.records, analysis.shown_sites, analysis.options.split)
+    colours = plots.method_colours(run.methods)
+    figures = []
+    for site in analysis.shown_sites:
+        labels = [key[2] for key in curves if key[0] == site]
+        if labels:
+            first = labels[0]
+            by_method = {m: curves[(site, m, first)] for m in run.methods if (site, m, first) in curves}
+            figures.append({"site": site, "svg": plots.reliability_diagram(by_method, f"{site}: {first}", colours)})
+    rows = [{"site": r.site, "method": r.method, "label": r.label, "brier": fmt(r.brier, 3), "ece": fmt(r.ece, 3),
+             "slope": fmt(r.slope, 2), "intercept": fmt(r.intercept, 2),
+             "threshold": fmt(r.threshold, 3) if np.isfinite(r.threshold) else "0.5 (fixed)",
+             "sensitivity": fmt(r.sensitivity, 3), "specificity": fmt(r.specificity, 3), "note": r.note or r.probability}
+            for r in table.itertuples()]
+    return {"rows": rows, "figures": figures}
+
+
+def _power_note(p_adjusted: float, mdd: float, digits: int) -> str:
+    """For a comparison that is not significant: the smallest difference this site could have detected."""
+    if not (np.isfinite(p_adjusted) and p_adjusted >= 0.05 and np.isfinite(mdd)):
+        return ""
+    return f"not significant; this site could detect differences of at least {fmt(mdd, digits)} (80% power)"
+
+
+META_CI_NAMES = {"hksj": "Hartung-Knapp-Sidik-Jonkman", "wald": "Wald (normal)"}
+MODEL_NAMES = {"fixed": "fixed effect (inverse variance)", "dl": "random effects, DerSimonian-Laird",
+               "pm": "random effects, Paule-Mandel"}
+
+
+def _meta_sections(analysis: Analysis) -> list[dict[str, Any]]:
+    """One section per (metric, comparison): forest plot, the three models' rows, leave-one-site-out rows."""
+    options, comparisons = analysis.options, analysis.comparisons
+    if comparisons.empty:
+        return []
+    table = meta_analysis_table(comparisons, options.meta_ci, options.confidence)
+    labels = {s.name: s for s in analysis.specs}
+    sections = []
+    for (metric, method, baseline), rows in table.groupby(["metric", "method", "baseline"], sort=False):
+        spec = labels.get(metric)
+        digits = digits_for(spec.unit if spec else "")
+        title = f"{method} vs {baseline} — {spec.label if spec else metric}"
+        fitted = rows[rows["model"].isin(list(MODEL_NAMES))]
+        if fitted.empty:
+            sections.append({"title": title, "svg": None, "note": rows["note"].iloc[0], "rows": [], "loo": []})
+            continue
+        sites = comparisons[(comparisons["metric"] == metric) & (comparisons["method"] == method)
+                            & (comparisons["baseline"] == baseline)
+                            & comparisons["site"].isin(fitted["sites"].iloc[0].split(";"))]
+        dl = fitted.set_index("model").loc["dl"]
+        svg = plots.meta_forest_plot(sites, dl, spec.label if spec else metric, options.confidence)
+        model_rows = [{
+            "model": MODEL_NAMES[r.model], "estimate": fmt_ci(r.estimate, r.ci_low, r.ci_high, digits),
+            "p": fmt_p(r.p_value),
+            "pi": f"{fmt(r.pi_low, digits)} to {fmt(r.pi_high, digits)}" if np.isfinite(r.pi_low) else "–",
+            "tau2": fmt(r.tau2, 4), "i2": f"{r.i2:.0%}" + (f" ({r.i2_low:.0%}–{r.i2_high:.0%})" if np.isfinite(r.i2_low) else ""),
+            "q": f"{fmt(r.q, 2)} (P {fmt_p(r.q_p)})"} for r in fitted.itertuples()]
+        loo = [{"site": r.site_left_out, "estimate": fmt_ci(r.estimate, r.ci_low, r.ci_high, digits),
+                "p": fmt_p(r.p_value)}
+               for r in leave_one_out(comparisons, metric, method, baseline, options.meta_ci,
+                                      options.confidence).itertuples()]
+        left_out = rows["sites_left_out"].iloc[0]
+        note = f"left out (no difference or SE): {left_out.replace(';', ', ')}" if isinstance(left_out, str) and left_out else ""
+        sections.append({"title": title, "svg": svg, "note": note, "rows": model_rows, "loo": loo})
+    return sections
 
 
 def render_html(analysis: Analysis) -> str:

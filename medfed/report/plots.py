@@ -73,6 +73,43 @@ def forest_plot(comparisons: pd.DataFrame, specs: Sequence[MetricSpec], confiden
         return to_svg(figure)
 
 
+def meta_forest_plot(sites: pd.DataFrame, pooled: pd.Series, label: str, confidence: float) -> str:
+    """One comparison across sites: each site's difference with its CI and n (rows), the random-effects estimate
+    as a diamond spanning its CI, and the prediction interval for a new site as a line through it."""
+    with plt.rc_context(STYLE):
+        figure, axis = plt.subplots(figsize=(7.5, 1.2 + 0.3 * (len(sites) + 1)))
+        y = np.arange(len(sites))[::-1] + 1.0
+        axis.hlines(y, sites["ci_low"], sites["ci_high"], colors="#555555", linewidth=2)
+        axis.scatter(sites["difference"], y, c="#555555", zorder=3, s=22)
+        centre, low, high = float(pooled["estimate"]), float(pooled["ci_low"]), float(pooled["ci_high"])
+        if np.isfinite(pooled["pi_low"]):
+            axis.hlines(0, pooled["pi_low"], pooled["pi_high"], colors="#1f6fb4", linewidth=1, linestyles="dotted")
+        axis.fill([low, centre, high, centre], [0, 0.25, 0, -0.25], color="#1f6fb4", zorder=3)
+        axis.axvline(0, color="black", linewidth=0.8)
+        labels = [f"{row.site} (n={row.n_cases})" for row in sites.itertuples()]
+        axis.set_yticks([*y, 0], [*labels, f"random effects ({int(pooled['n_sites'])} sites)"])
+        axis.set_xlabel(f"{label}: difference (method − baseline), {confidence:.0%} CI; dotted: prediction interval")
+        axis.grid(axis="y", visible=False)
+        return to_svg(figure)
+
+
+def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, colours: dict[str, str]) -> str:
+    """Observed rate against mean predicted risk per equal-mass bin, one line per method; the diagonal is
+    perfect calibration."""
+    with plt.rc_context(STYLE):
+        figure, axis = plt.subplots(figsize=(4.2, 3.6))
+        axis.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle="dotted")
+        for method, (predicted, observed) in curves.items():
+            axis.plot(predicted, observed, marker="o", markersize=3, label=method, color=colours.get(method))
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("mean predicted risk (equal-mass bins)")
+        axis.set_ylabel("observed rate")
+        axis.set_title(title)
+        axis.legend(fontsize=7, frameon=False)
+        return to_svg(figure)
+
+
 def estimates_plot(per_site: pd.DataFrame, metric: MetricSpec, methods: Sequence[str], confidence: float) -> str | None:
     """Each site's estimate (dot) and CI (bar) per method, for one metric."""
     rows = per_site[(per_site["metric"] == metric.name) & np.isfinite(per_site["estimate"].astype(float))]
