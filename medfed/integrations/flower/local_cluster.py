@@ -249,6 +249,10 @@ def ray_start_problem(timeout: float = 120.0) -> str | None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: times a SuperNode whose HTTP port was taken between free_port() and its bind is restarted on another port
+PORT_RETRIES = 3
+
+
 def free_port(host: str = _LOOPBACK) -> int:
     """Return a TCP port that was free on ``host`` a moment ago (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -666,9 +670,12 @@ class LocalCluster:
         if self.node_configs[i]:
             cmd += ["--node-config", _format_kv(self.node_configs[i])]
         env = self.process_env(self.workdir / f"supernode-{i}-home")
-        self.supernodes.append(
-            _Managed.spawn(f"supernode-{i}", cmd, env, self.log_dir / f"supernode-{i}.log", self.workdir)
-        )
+        managed = _Managed.spawn(f"supernode-{i}", cmd, env, self.log_dir / f"supernode-{i}.log", self.workdir)
+        if i < len(self.supernodes):  # a restart (see _wait_nodes)
+            self.supernodes[i].close_log()
+            self.supernodes[i] = managed
+        else:
+            self.supernodes.append(managed)
 
     def _wait_nodes(self) -> None:
         n = len(self.supernodes)
@@ -676,12 +683,17 @@ class LocalCluster:
             return
         deadline = time.monotonic() + self.startup_timeout
         ids: list[int | None] = [None] * n
+        restarts = [0] * n
         while time.monotonic() < deadline and None in ids:
             for i, m in enumerate(self.supernodes):
                 if ids[i] is None:
                     match = _NODE_ID_RE.search(m.log_text())
                     if match:
                         ids[i] = int(match.group(1))
+                    elif not m.alive() and "address already in use" in m.log_text() and restarts[i] < PORT_RETRIES:
+                        # free_port() only says the port was free a moment ago; another process took it
+                        restarts[i] += 1
+                        self._start_supernode(i)
                     elif not m.alive():
                         raise FlowerClusterError(
                             f"{m.name} exited with code {m.proc.returncode}; log tail:\n"
