@@ -236,13 +236,25 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _margin(text: str) -> tuple[str, float]:
+    """``METRIC=DELTA`` with a positive number."""
+    metric, _, value = text.partition("=")
+    try:
+        delta = float(value)
+    except ValueError:
+        delta = float("nan")
+    if not metric or not delta > 0:
+        raise argparse.ArgumentTypeError(f"expected METRIC=DELTA with DELTA > 0, got {text!r}")
+    return metric.strip(), delta
+
+
 def _report_options(args: argparse.Namespace):
     from medfed.report import ReportOptions
 
     return ReportOptions(
         baselines=tuple(args.baseline or ()), n_resamples=args.resamples, confidence=args.confidence,
         ci_method=args.ci, correction=args.correction, seed=args.report_seed, min_ci_cases=args.min_ci_cases,
-        meta_ci=args.meta_ci,
+        meta_ci=args.meta_ci, margins=tuple(args.margin or ()),
     )
 
 
@@ -398,6 +410,9 @@ def _add_report_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--report-seed", type=_number(int, 0), default=0, help="seed of the bootstrap resamples")
     group.add_argument("--min-ci-cases", type=_number(int, 2), default=10,
                        help="fewest test cases for a CI or test (default 10)")
+    group.add_argument("--margin", action="append", type=_margin, metavar="METRIC=DELTA",
+                       help="non-inferiority / equivalence margin of a compared metric, e.g. auroc=0.02 (repeatable; "
+                            "adds p_noninferiority and p_equivalence to comparisons.csv and meta_analysis.csv)")
     group.add_argument("--meta-ci", choices=("hksj", "wald"), default="hksj",
                        help="CI of the random-effects meta-analysis across sites (meta_analysis.csv): "
                             "Hartung-Knapp-Sidik-Jonkman (default; few sites) or Wald")

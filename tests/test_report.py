@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 from browser import chromium, load_in_browser
 
 from medfed.cli import main
@@ -232,6 +233,32 @@ def test_report_command_exit_codes(classification_run, tmp_path, capsys):
     assert main(["report", str(target), "--baseline", "nobody"]) == 1
     assert "not among the methods" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 1
+
+
+def test_margins_add_noninferiority_and_equivalence_tests(classification_run, tmp_path, capsys):
+    target = tmp_path / "margins"
+    shutil.copytree(classification_run, target)
+    assert main(["report", str(target), "--resamples", "200", "--margin", "auroc=0.05"]) == 0
+    comparisons = pd.read_csv(target / "comparisons.csv")
+    tested = comparisons[comparisons["difference"].notna()]
+    assert (tested["margin"] == 0.05).all() and tested["p_noninferiority"].notna().all()
+    row = tested.iloc[0]
+    z = (row["difference"] + 0.05) / row["se"]
+    assert row["p_noninferiority"] == pytest.approx(float(stats.norm.sf(z)), abs=1e-5)  # CSV values: 6 digits
+    meta = pd.read_csv(target / "meta_analysis.csv")
+    assert meta.loc[meta["model"] == "dl", "p_equivalence"].notna().all()
+    assert "non-inferiority P" in (target / "report.html").read_text()
+    # the same margin from the run's config (report.margins), and the bad ones
+    config = yaml.safe_load((target / "config.yaml").read_text())
+    config["report"] = {"margins": {"auroc": 0.05}}
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(target), "--resamples", "200"]) == 0
+    assert (pd.read_csv(target / "comparisons.csv")["margin"].dropna() == 0.05).all()
+    capsys.readouterr()
+    assert main(["report", str(target), "--margin", "dice_WT=0.02"]) == 1
+    assert "dice_WT, which this report does not compare; metrics compared: auroc" in capsys.readouterr().err
+    assert main(["report", str(target), "--margin", "auroc=-1"]) == 2  # a usage error
+    assert "expected METRIC=DELTA with DELTA > 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- the page in a real browser

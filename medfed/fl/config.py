@@ -123,6 +123,22 @@ class ServerBenchmarkConfig(BaseModel):
     seed: int | None = Field(None, description="default: the experiment's seed")
 
 
+class ReportConfig(BaseModel):
+    """``report:`` of an experiment config: what its report adds to the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: non-inferiority / equivalence margins per compared metric (e.g. ``{auroc: 0.02}``); ``--margin`` adds to them
+    margins: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("margins")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v > 0}
+        if bad:
+            raise ValueError(f"margins must be positive: {bad}")
+        return value
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -134,6 +150,7 @@ class ExperimentConfig(BaseModel):
     partition: PartitionConfig | None = None
     site_conditions: dict[str, SiteConditions] = Field(default_factory=dict)
     server_benchmark: ServerBenchmarkConfig | None = None
+    report: ReportConfig = ReportConfig()
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ import pandas as pd
 from medfed.errors import MedfedError
 from medfed.fl.names import POOLED
 from medfed.report.cases import SiteCases, site_cases
+from medfed.report.margins import check_margins, with_margin_tests
 from medfed.report.metrics import PRIMARY, MetricSpec, specs_for
 from medfed.report.run_data import RunData
 from medfed.seeding import rng_for
@@ -48,6 +49,8 @@ class ReportOptions:
     seed: int = 0
     min_ci_cases: int = 10  #: fewer test cases than this: no CI and no test ("too few cases")
     meta_ci: str = "hksj"  #: CI of the random-effects meta-analysis across sites: "hksj" (default) or "wald"
+    #: non-inferiority / equivalence margins, ``(metric, delta)`` pairs (added to the run config's ``report.margins``)
+    margins: tuple[tuple[str, float], ...] = ()
 
     def check(self) -> None:
         if self.meta_ci not in META_CI_METHODS:
@@ -79,6 +82,8 @@ class Analysis:
     #: whether pooled values are withheld: they include suppressed sites' cases, and with the shown sites'
     #: exact estimates and counts they would reveal the suppressed sites' results by subtraction
     pooled_withheld: bool = False
+    #: non-inferiority / equivalence margins in force: metric -> (delta, higher is better)
+    margins: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
 
 def _normalise(name: str) -> str:
@@ -158,8 +163,10 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
                 comparison_rows.append(_compare(site, method, baseline, spec, cases, distributions, estimates,
                                                 note, suppress_count(n, min_count), options))
     per_site = pd.DataFrame(per_site_rows)
+    margins = check_margins({**run.margins, **dict(options.margins)}, specs)
     comparisons = _correct(pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS)), options.correction,
                            len(pairs))
+    comparisons = with_margin_tests(comparisons, margins)
     withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
     aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
     if not withheld and run.methods:  # the pooled test set as one more row group, with its own CIs
@@ -171,7 +178,7 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
                                     options)
         per_site = pd.concat([per_site, pd.DataFrame(rows)], ignore_index=True)
     return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown,
-                    notes, withheld)
+                    notes, withheld, margins)
 
 
 def _estimate_rows(

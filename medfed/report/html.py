@@ -110,7 +110,8 @@ def context(analysis: Analysis) -> dict[str, Any]:
             "p": fmt_p(row.p_value), "p_adjusted": fmt_p(row.p_adjusted),
             "significant": bool(np.isfinite(row.p_adjusted) and row.p_adjusted < 0.05),
             "effect": f"{fmt(row.effect_size, 2)} ({row.effect_size_name})" if row.effect_size_name else "–",
-            "note": row.note or _power_note(row.p_adjusted, row.mdd_80, digits),
+            "note": "; ".join(x for x in (row.note or _power_note(row.p_adjusted, row.mdd_80, digits),
+                                          _margin_text(row.margin, row.p_noninferiority, row.p_equivalence, digits)) if x),
         })
     meta = _meta_sections(analysis)
     calibration = _calibration_section(analysis)
@@ -162,6 +163,14 @@ def _calibration_section(analysis: Analysis) -> dict[str, Any] | None:
     return {"rows": rows, "figures": figures}
 
 
+def _margin_text(margin: float, p_noninferiority: float, p_equivalence: float, digits: int) -> str:
+    """``non-inferior within 0.02: P 0.003; equivalent: P 0.21`` (empty without a margin)."""
+    if not np.isfinite(margin):
+        return ""
+    return (f"within {fmt(margin, digits)}: non-inferiority P {fmt_p(p_noninferiority)}, "
+            f"equivalence P {fmt_p(p_equivalence)}")
+
+
 def _power_note(p_adjusted: float, mdd: float, digits: int) -> str:
     """For a comparison that is not significant: the smallest difference this site could have detected."""
     if not (np.isfinite(p_adjusted) and p_adjusted >= 0.05 and np.isfinite(mdd)):
@@ -179,7 +188,7 @@ def _meta_sections(analysis: Analysis) -> list[dict[str, Any]]:
     options, comparisons = analysis.options, analysis.comparisons
     if comparisons.empty:
         return []
-    table = meta_analysis_table(comparisons, options.meta_ci, options.confidence)
+    table = meta_analysis_table(comparisons, options.meta_ci, options.confidence, analysis.margins)
     labels = {s.name: s for s in analysis.specs}
     sections = []
     for (metric, method, baseline), rows in table.groupby(["metric", "method", "baseline"], sort=False):
@@ -200,7 +209,9 @@ def _meta_sections(analysis: Analysis) -> list[dict[str, Any]]:
             "p": fmt_p(r.p_value),
             "pi": f"{fmt(r.pi_low, digits)} to {fmt(r.pi_high, digits)}" if np.isfinite(r.pi_low) else "–",
             "tau2": fmt(r.tau2, 4), "i2": f"{r.i2:.0%}" + (f" ({r.i2_low:.0%}–{r.i2_high:.0%})" if np.isfinite(r.i2_low) else ""),
-            "q": f"{fmt(r.q, 2)} (P {fmt_p(r.q_p)})"} for r in fitted.itertuples()]
+            "q": f"{fmt(r.q, 2)} (P {fmt_p(r.q_p)})", "margin": _margin_text(r.margin, r.p_noninferiority,
+                                                                             r.p_equivalence, digits)}
+            for r in fitted.itertuples()]
         loo = [{"site": r.site_left_out, "estimate": fmt_ci(r.estimate, r.ci_low, r.ci_high, digits),
                 "p": fmt_p(r.p_value)}
                for r in leave_one_out(comparisons, metric, method, baseline, options.meta_ci,

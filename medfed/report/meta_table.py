@@ -8,19 +8,35 @@ undefined) are left out and named in ``sites_left_out``; with fewer than 2 sites
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
 from medfed.fl.names import POOLED
 from medfed.stats.meta import meta_analysis, usable
+from medfed.stats.noninferiority import equivalence_p, noninferiority_p
 
 META_COLUMNS = ("metric", "method", "baseline", "model", "estimate", "se", "ci_low", "ci_high", "pi_low", "pi_high",
-                "tau2", "i2", "i2_low", "i2_high", "q", "q_p", "p_value", "n_sites", "ci_method", "sites",
-                "sites_left_out", "note")
+                "tau2", "i2", "i2_low", "i2_high", "q", "q_p", "p_value", "n_sites", "ci_method", "margin",
+                "p_noninferiority", "p_equivalence", "sites", "sites_left_out", "note")
 
 
-def meta_analysis_table(comparisons: pd.DataFrame, ci_method: str = "hksj", confidence: float = 0.95) -> pd.DataFrame:
-    """One row per (metric, method, baseline, model) over the sites of ``comparisons`` (the pooled row excluded)."""
+def _margin_tests(result: dict, margin: tuple[float, bool] | None) -> dict[str, float]:
+    """Non-inferiority and TOST P of a pooled estimate (t with k - 1 df for HKSJ rows, as its CI)."""
+    if margin is None:
+        return {"margin": np.nan, "p_noninferiority": np.nan, "p_equivalence": np.nan}
+    delta, higher = margin
+    df = result["n_sites"] - 1 if result["ci_method"] == "hksj" else None
+    return {"margin": delta, "p_equivalence": equivalence_p(result["estimate"], result["se"], delta, df),
+            "p_noninferiority": noninferiority_p(result["estimate"], result["se"], delta, higher, df)}
+
+
+def meta_analysis_table(comparisons: pd.DataFrame, ci_method: str = "hksj", confidence: float = 0.95,
+                        margins: Mapping[str, tuple[float, bool]] | None = None) -> pd.DataFrame:
+    """One row per (metric, method, baseline, model) over the sites of ``comparisons`` (the pooled row excluded);
+    ``margins`` (metric -> (delta, higher is better)) adds non-inferiority and equivalence P-values."""
+    margins = margins or {}
     rows = []
     sites = comparisons[comparisons["site"] != POOLED] if len(comparisons) else comparisons
     for (metric, method, baseline), group in sites.groupby(["metric", "method", "baseline"], sort=False):
@@ -36,7 +52,8 @@ def meta_analysis_table(comparisons: pd.DataFrame, ci_method: str = "hksj", conf
                          "note": f"{int(keep.sum())} site(s) with a difference and a standard error: no meta-analysis "
                                  "(needs 2)"})
             continue
-        rows += [{**base, **result.as_dict(), "note": ""} for result in results]
+        rows += [{**base, **result.as_dict(), **_margin_tests(result.as_dict(), margins.get(metric)), "note": ""}
+                 for result in results]
     table = pd.DataFrame(rows, columns=list(META_COLUMNS))
     return table.replace({np.inf: np.nan})
 

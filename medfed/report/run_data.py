@@ -39,6 +39,8 @@ class RunData:
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: extra metrics the run asks to compare between methods (``report_compare`` in config.yaml)
     compare: list[str] = field(default_factory=list)
+    #: non-inferiority / equivalence margins of the run's config (``report.margins``): metric -> delta
+    margins: dict[str, float] = field(default_factory=dict)
 
     @property
     def site_names(self) -> list[str]:
@@ -104,8 +106,9 @@ def load_run(path: Path | str) -> RunData:
     if len(metrics):
         deployed = {m: deployed_model(g["model"].astype(str).unique().tolist()) for m, g in metrics.groupby("method")}
         metrics = metrics[metrics["model"].astype(str) == metrics["method"].map(deployed)].reset_index(drop=True)
+    margins = {str(k): float(v) for k, v in ((config.get("report") or {}).get("margins") or {}).items()}
     return RunData(str(config.get("name", path.name)), [path], kind, order, records, rounds, sites, metrics,
-                   [str(m) for m in config.get("report_compare", [])])
+                   [str(m) for m in config.get("report_compare", [])], margins)
 
 
 def merge_runs(runs: list[RunData]) -> RunData:
@@ -135,4 +138,5 @@ def merge_runs(runs: list[RunData]) -> RunData:
     return RunData(
         " + ".join(r.name for r in runs), [p for r in runs for p in r.paths], first.task_kind, methods, records, rounds,
         first.sites, pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(), first.compare,
+        {k: v for run in runs for k, v in run.margins.items()},
     )

@@ -84,8 +84,8 @@ def write_report(
     calibration, _ = calibration_rows(analysis.run.task_kind, analysis.run.records, analysis.shown_sites,
                                       analysis.options.split)
     atomic_write_text(out / "calibration.csv", _csv(calibration))
-    atomic_write_text(out / "meta_analysis.csv", _csv(meta_analysis_table(analysis.comparisons, analysis.options.meta_ci,
-                                                                          analysis.options.confidence)))
+    atomic_write_text(out / "meta_analysis.csv", _csv(meta_analysis_table(
+        analysis.comparisons, analysis.options.meta_ci, analysis.options.confidence, analysis.margins)))
     atomic_write_text(out / "summary.json", json.dumps(summary_dict(analysis), indent=1))
     atomic_write_text(out / "summary.md", render_markdown(analysis))
     atomic_write_text(out / "report.html", render_html(analysis))
