@@ -119,12 +119,13 @@ def test_meta_analysis_table_from_comparisons():
     rows += [{"site": "tiny", "metric": "auroc", "method": "fedavg", "baseline": "local_only", "difference": np.nan,
               "se": np.nan},  # suppressed: left out and named
              {"site": "pooled", "metric": "auroc", "method": "fedavg", "baseline": "local_only", "difference": 0.2,
-              "se": 0.01},  # the pooled row is not a site
+              "se": 0.01, "ci_low": 0.18, "ci_high": 0.22, "p_value": 0.001},  # not a site: written beside
              {"site": "s0", "metric": "dice", "method": "fedavg", "baseline": "local_only", "difference": 0.1, "se": 0.05}]
     table = meta_analysis_table(pd.DataFrame(rows))
     assert list(table.columns) == list(META_COLUMNS)
     auroc = table[table["metric"] == "auroc"].set_index("model")
-    assert list(auroc.index) == ["fixed", "dl", "pm"] and set(auroc["n_sites"]) == {8}
+    assert list(auroc.index) == ["fixed", "dl", "pm", "pooled_bootstrap"] and set(auroc["n_sites"]) == {8}
+    assert auroc.loc["pooled_bootstrap", "estimate"] == 0.2 and auroc.loc["pooled_bootstrap", "ci_high"] == 0.22
     assert set(auroc["sites_left_out"]) == {"tiny"} and "pooled" not in auroc["sites"].iloc[0]
     want = by_model(meta_analysis(*EIGHT))["dl"]
     assert auroc.loc["dl", "estimate"] == pytest.approx(want.estimate) and auroc.loc["dl", "ci_method"] == "hksj"

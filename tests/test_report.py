@@ -19,6 +19,7 @@ from medfed.errors import MedfedError
 from medfed.metrics.segmentation import REGIONS
 from medfed.report import ReportOptions, analyse, load_run, write_report
 from medfed.report.cases import site_cases
+from medfed.report.meta_table import meta_analysis_table
 from medfed.report.metrics import PRIMARY
 from medfed.seeding import rng_for
 from medfed.stats import point_estimate
@@ -259,6 +260,27 @@ def test_margins_add_noninferiority_and_equivalence_tests(classification_run, tm
     assert "dice_WT, which this report does not compare; metrics compared: auroc" in capsys.readouterr().err
     assert main(["report", str(target), "--margin", "auroc=-1"]) == 2  # a usage error
     assert "expected METRIC=DELTA with DELTA > 0" in capsys.readouterr().err
+
+
+def test_pooled_difference_uses_a_site_stratified_bootstrap(tmp_path):
+    from medfed.report.analysis import site_strata
+
+    complete = make_run(tmp_path, sites={"big": 80, "mid": 30}, name="complete")
+    run = load_run(complete)
+    analysis = analyse(run, ReportOptions(n_resamples=300))
+    pooled = analysis.comparisons[analysis.comparisons["site"] == "pooled"]
+    assert len(pooled) and (pooled["test"] == "site-stratified paired bootstrap").all()
+    assert pooled["ci_low"].notna().all() and (pooled["p_adjusted"].isna()).all()  # outside the per-site family
+    records = run.records[run.methods[0]]
+    frames = {m: r[r["split"] == "test"] for m, r in run.records.items()}
+    cases = site_cases(run.task_kind, "pooled", frames, None)
+    strata = site_strata(cases, frames[run.methods[0]])
+    ids = np.array(sorted(frames[run.methods[0]]["case_id"].astype(str).unique()))
+    site_of = records.drop_duplicates("case_id").set_index("case_id")["site"].reindex(ids).to_numpy()
+    for code in np.unique(strata):  # each stratum lies in one site and one class
+        assert len(set(site_of[strata == code])) == 1 and len(set(cases.strata[strata == code])) == 1
+    meta = meta_analysis_table(analysis.comparisons)
+    assert "pooled_bootstrap" in set(meta["model"])
 
 
 # ----------------------------------------------------------------- the page in a real browser

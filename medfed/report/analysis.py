@@ -166,7 +166,6 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
     margins = check_margins({**run.margins, **dict(options.margins)}, specs)
     comparisons = _correct(pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS)), options.correction,
                            len(pairs))
-    comparisons = with_margin_tests(comparisons, margins)
     withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
     aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
     if not withheld and run.methods:  # the pooled test set as one more row group, with its own CIs
@@ -174,9 +173,16 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
         n = int(frames[run.methods[0]]["case_id"].nunique())
         min_count = max((run.min_count(site) for site in run.site_names), default=1)
         cases = site_cases(run.task_kind, POOLED, frames, labels) if n else None
-        rows, _, _ = _estimate_rows(run, POOLED, specs, cases, n, min_count, _ci_note(n, min_count, cases, options),
-                                    options)
+        if cases is not None:  # resample within each site (and class): every site keeps its share of the pool
+            cases.strata = site_strata(cases, frames[run.methods[0]])
+        note = _ci_note(n, min_count, cases, options)
+        rows, distributions, estimates = _estimate_rows(run, POOLED, specs, cases, n, min_count, note, options)
         per_site = pd.concat([per_site, pd.DataFrame(rows)], ignore_index=True)
+        pooled_rows = [_pooled_compare(method, baseline, spec, distributions, estimates, note, n, options)
+                       for method, baseline in pairs for spec in specs if spec.compare]
+        if pooled_rows:
+            comparisons = pd.concat([comparisons, pd.DataFrame(pooled_rows)], ignore_index=True)
+    comparisons = with_margin_tests(comparisons, margins)
     return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown,
                     notes, withheld, margins)
 
@@ -258,6 +264,34 @@ def _compare(
     row["mdd_80"] = minimum_detectable_difference(row["se"])  # 80% power, two-sided 5% (medfed.stats.power)
     if not np.isfinite(row["difference"]):
         row["note"] = "undefined on these cases"
+    return row
+
+
+def site_strata(cases: SiteCases, records: pd.DataFrame) -> np.ndarray:
+    """Strata of the pooled cases for a site-stratified bootstrap: (site, class) pairs, as integer codes."""
+    site_of = records.drop_duplicates("case_id").set_index(records["case_id"].drop_duplicates().astype(str))["site"]
+    ids = np.array(sorted(site_of.index))
+    sites = np.unique(site_of.reindex(ids).astype(str).to_numpy(), return_inverse=True)[1]
+    classes = np.zeros(ids.size, dtype=np.int64) if cases.strata is None else np.asarray(cases.strata) + 1
+    return sites * (int(classes.max()) + 1 if classes.size else 1) + classes
+
+
+def _pooled_compare(method: str, baseline: str, spec: MetricSpec, distributions: dict, estimates: dict, note: str,
+                    n: int, options: ReportOptions) -> dict[str, Any]:
+    """The pooled difference with sites as strata: paired bootstrap CI, P and SE on all shown sites' cases,
+    resampled within each site. Outside the per-site correction family (``p_adjusted`` empty)."""
+    row = {c: np.nan for c in COMPARISON_COLUMNS}
+    row.update(site=POOLED, metric=spec.name, label=spec.label, unit=spec.unit, method=method, baseline=baseline,
+               test="site-stratified paired bootstrap", effect_size_name="", n_cases=n, note=note,
+               p_adjusted=np.nan, correction="")
+    a, b = (method, spec.name), (baseline, spec.name)
+    if note or a not in distributions or b not in distributions:
+        row["note"] = note or "not computed"
+        return row
+    diff = paired_difference(estimates[a], estimates[b], distributions[a], distributions[b], options.confidence)
+    row.update(difference=diff.estimate, se=diff.se, ci_low=diff.low, ci_high=diff.high, p_bootstrap=diff.p_value,
+               p_value=diff.p_value, effect_size=diff.estimate, effect_size_name=f"difference in {spec.label}",
+               mdd_80=minimum_detectable_difference(diff.se))
     return row
 
 

@@ -32,6 +32,21 @@ def _margin_tests(result: dict, margin: tuple[float, bool] | None) -> dict[str, 
             "p_noninferiority": noninferiority_p(result["estimate"], result["se"], delta, higher, df)}
 
 
+def _pooled_row(comparisons: pd.DataFrame, metric: str, method: str, baseline: str, base: dict, n_sites: int,
+                margin: tuple[float, bool] | None) -> list[dict]:
+    """Beside the meta-analysis: the pooled difference with sites as strata (``model`` ``pooled_bootstrap``; the
+    report's site-stratified paired bootstrap on all shown sites' cases), when the report computed one."""
+    match = comparisons[(comparisons["site"] == POOLED) & (comparisons["metric"] == metric)
+                        & (comparisons["method"] == method) & (comparisons["baseline"] == baseline)]
+    if match.empty or not np.isfinite(float(match["difference"].iloc[0])):
+        return []
+    row = match.iloc[0]
+    result = {"model": "pooled_bootstrap", "estimate": float(row["difference"]), "se": float(row["se"]),
+              "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]), "p_value": float(row["p_value"]),
+              "n_sites": n_sites, "ci_method": "site-stratified bootstrap"}
+    return [{**base, **result, **_margin_tests({**result, "ci_method": "normal"}, margin), "note": ""}]
+
+
 def meta_analysis_table(comparisons: pd.DataFrame, ci_method: str = "hksj", confidence: float = 0.95,
                         margins: Mapping[str, tuple[float, bool]] | None = None) -> pd.DataFrame:
     """One row per (metric, method, baseline, model) over the sites of ``comparisons`` (the pooled row excluded);
@@ -54,6 +69,7 @@ def meta_analysis_table(comparisons: pd.DataFrame, ci_method: str = "hksj", conf
             continue
         rows += [{**base, **result.as_dict(), **_margin_tests(result.as_dict(), margins.get(metric)), "note": ""}
                  for result in results]
+        rows += _pooled_row(comparisons, metric, method, baseline, base, int(keep.sum()), margins.get(metric))
     table = pd.DataFrame(rows, columns=list(META_COLUMNS))
     return table.replace({np.inf: np.nan})
 
