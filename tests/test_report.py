@@ -262,6 +262,23 @@ def test_margins_add_noninferiority_and_equivalence_tests(classification_run, tm
     assert "expected METRIC=DELTA with DELTA > 0" in capsys.readouterr().err
 
 
+def test_auroc_intervals_agree_with_their_p_values_adjusted_or_not(classification_run):
+    comparisons = analyse(load_run(classification_run), ReportOptions(n_resamples=300)).comparisons
+    rows = comparisons[(comparisons["ci_test"] == "DeLong") & comparisons["se"].gt(0)]
+    assert len(rows) >= 2
+    for row in rows.itertuples():
+        assert (row.ci_low > 0 or row.ci_high < 0) == (row.p_value < 0.05)
+        assert (row.ci_low_adjusted > 0 or row.ci_high_adjusted < 0) == (row.p_adjusted < 0.05)
+        assert row.ci_low_adjusted <= row.ci_low and row.ci_high <= row.ci_high_adjusted  # wider: p_adjusted >= p
+    # the adjustment factor by hand on a made-up row: p = 0.01, Holm-adjusted 0.04 -> z_{1 - 0.05 / 8}
+    from medfed.report.analysis import adjusted_intervals
+
+    made_up = pd.DataFrame({"difference": [0.1], "se": [0.04], "p_value": [0.01], "p_adjusted": [0.04],
+                            "ci_test": ["DeLong"]})
+    low, high = adjusted_intervals(made_up, 0.95)
+    assert high[0] - 0.1 == pytest.approx(stats.norm.ppf(1 - 0.05 / 8) * 0.04)
+
+
 def test_pooled_difference_uses_a_site_stratified_bootstrap(tmp_path):
     from medfed.report.analysis import site_strata
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from medfed.errors import MedfedError
 from medfed.fl.names import POOLED
@@ -165,7 +166,7 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
     per_site = pd.DataFrame(per_site_rows)
     margins = check_margins({**run.margins, **dict(options.margins)}, specs)
     comparisons = _correct(pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS)), options.correction,
-                           len(pairs))
+                           len(pairs), options.confidence)
     withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
     aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
     if not withheld and run.methods:  # the pooled test set as one more row group, with its own CIs
@@ -230,7 +231,8 @@ def finding_labels(run: RunData) -> list[str] | None:
 
 #: columns of a comparison row (also of an empty table: a report with one method compares nothing)
 COMPARISON_COLUMNS = ("site", "metric", "label", "unit", "method", "baseline", "difference", "se", "mdd_80", "ci_low",
-                      "ci_high", "p_bootstrap", "test", "p_value", "effect_size", "effect_size_name", "n_cases", "note")
+                      "ci_high", "ci_test", "p_bootstrap", "test", "p_value", "effect_size", "effect_size_name",
+                      "n_cases", "note")
 
 
 def _compare(
@@ -240,6 +242,7 @@ def _compare(
     row: dict[str, Any] = {
         "site": site, "metric": spec.name, "label": spec.label, "unit": spec.unit, "method": method,
         "baseline": baseline, "difference": np.nan, "se": np.nan, "mdd_80": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+        "ci_test": "",
         "p_bootstrap": np.nan,
         "test": TEST_NAMES[spec.test], "p_value": np.nan, "effect_size": np.nan, "effect_size_name": "",
         "n_cases": n_cases, "note": note,
@@ -250,13 +253,14 @@ def _compare(
         return row
     diff = paired_difference(estimates[a], estimates[b], distributions[a], distributions[b], options.confidence)
     row.update(difference=diff.estimate, se=diff.se, ci_low=diff.low, ci_high=diff.high, p_bootstrap=diff.p_value,
-               p_value=diff.p_value, effect_size_name=f"difference in {spec.label}")
+               p_value=diff.p_value, effect_size_name=f"difference in {spec.label}", ci_test="paired bootstrap")
     row["effect_size"] = diff.estimate
     stat_a, stat_b = cases.statistics[a], cases.statistics[b]
     if spec.test == "delong":
         result = delong_test(stat_a.scores, stat_b.scores, stat_a.targets, options.confidence)
+        # the interval of the same test as the P-value (DeLong's normal interval), so the two never disagree
         row.update(p_value=result.p_value, effect_size=result.z, effect_size_name="z (difference / DeLong SE)",
-                   se=result.se)  # DeLong's standard error of the AUROC difference (the test's own)
+                   se=result.se, ci_low=result.low, ci_high=result.high, ci_test="DeLong")
     elif spec.test == "wilcoxon":
         result = paired_wilcoxon(stat_a.values, stat_b.values)
         row.update(p_value=result.p_value, effect_size=result.rank_biserial,
@@ -283,7 +287,8 @@ def _pooled_compare(method: str, baseline: str, spec: MetricSpec, distributions:
     row = {c: np.nan for c in COMPARISON_COLUMNS}
     row.update(site=POOLED, metric=spec.name, label=spec.label, unit=spec.unit, method=method, baseline=baseline,
                test="site-stratified paired bootstrap", effect_size_name="", n_cases=n, note=note,
-               p_adjusted=np.nan, correction="")
+               p_adjusted=np.nan, correction="", ci_test="site-stratified paired bootstrap", ci_low_adjusted=np.nan,
+               ci_high_adjusted=np.nan)
     a, b = (method, spec.name), (baseline, spec.name)
     if note or a not in distributions or b not in distributions:
         row["note"] = note or "not computed"
@@ -295,10 +300,11 @@ def _pooled_compare(method: str, baseline: str, spec: MetricSpec, distributions:
     return row
 
 
-def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int) -> pd.DataFrame:
+def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int, confidence: float = 0.95) -> pd.DataFrame:
     """Adjust ``p_value`` within each metric's family (every site x comparison with a P-value)."""
     if comparisons.empty:
-        return comparisons.assign(p_adjusted=pd.Series(dtype=float), correction=pd.Series(dtype=str))
+        return comparisons.assign(p_adjusted=pd.Series(dtype=float), correction=pd.Series(dtype=str),
+                                  ci_low_adjusted=pd.Series(dtype=float), ci_high_adjusted=pd.Series(dtype=float))
     comparisons = comparisons.copy()
     comparisons["p_adjusted"] = np.nan
     comparisons["correction"] = ""
@@ -309,7 +315,22 @@ def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int) -> pd.DataFra
         comparisons.loc[group.index, "correction"] = (
             f"{CORRECTIONS[method]} over {m} tests of {metric} (sites x {n_pairs} comparisons)" if m else ""
         )
-    return comparisons
+    low, high = adjusted_intervals(comparisons, confidence)
+    return comparisons.assign(ci_low_adjusted=low, ci_high_adjusted=high)
+
+
+def adjusted_intervals(comparisons: pd.DataFrame, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplicity-adjusted CIs that agree with the corrected P (DeLong rows): with ``c = p_adjusted / p``, the
+    interval ``d +- z_{1 - alpha / (2 c)} se`` excludes 0 exactly when ``p_adjusted < alpha`` (``alpha = 1 -
+    confidence``). NaN for rows whose test is not a normal z-test (their adjusted P stands alone)."""
+    alpha = 1 - confidence
+    d, se = comparisons["difference"].to_numpy(dtype=float), comparisons["se"].to_numpy(dtype=float)
+    p, adjusted = comparisons["p_value"].to_numpy(dtype=float), comparisons["p_adjusted"].to_numpy(dtype=float)
+    normal = (comparisons["ci_test"] == "DeLong").to_numpy() & np.isfinite(se) & (se > 0) & (p > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(normal, adjusted / p, np.nan)
+        half = stats.norm.ppf(1 - alpha / (2 * factor)) * se
+    return np.where(normal, d - half, np.nan), np.where(normal, d + half, np.nan)
 
 
 def _aggregates(

@@ -60,6 +60,9 @@ def forest_plot(comparisons: pd.DataFrame, specs: Sequence[MetricSpec], confiden
         low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
         significant = rows["p_adjusted"].to_numpy(dtype=float) < 0.05
         colours = np.where(significant, "#1f6fb4", "#555555")
+        if "ci_low_adjusted" in rows:  # thin: the multiplicity-adjusted interval, which agrees with the corrected P
+            axis.hlines(y, rows["ci_low_adjusted"].to_numpy(dtype=float), rows["ci_high_adjusted"].to_numpy(dtype=float),
+                        colors=colours, linewidth=0.8)
         axis.hlines(y, low, high, colors=colours, linewidth=2)
         axis.scatter(diff, y, c=colours, zorder=3, s=22)
         axis.axvline(0, color="black", linewidth=0.8)
@@ -68,8 +71,8 @@ def forest_plot(comparisons: pd.DataFrame, specs: Sequence[MetricSpec], confiden
         axis.set_xlabel(f"difference to baseline (method − baseline), {confidence:.0%} CI")
         axis.grid(axis="y", visible=False)
         for yi, row in zip(y, rows.itertuples(), strict=True):
-            axis.annotate(f"corrected {_p_text(row.p_adjusted)} ({row.test})", xy=(1.01, yi), xycoords=("axes fraction", "data"),
-                          va="center", fontsize=8)
+            axis.annotate(f"{_p_text(row.p_value)}, corrected {_p_text(row.p_adjusted)} ({row.test})", xy=(1.01, yi),
+                          xycoords=("axes fraction", "data"), va="center", fontsize=8)
         return to_svg(figure)
 
 
