@@ -263,6 +263,8 @@ def _report(run_dirs: list[Path], out: Path | None, options) -> None:
 
     result = write_report(run_dirs, out, options)
     comparisons = result.analysis.comparisons
+    if len(comparisons):
+        comparisons = comparisons[comparisons["site"] != "pooled"]  # per-site comparisons (the corrected family)
     tested = int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0
     significant = int((comparisons["p_adjusted"] < 0.05).sum()) if len(comparisons) else 0
     print(f"   report: {result.html} ({tested} paired comparisons tested, {significant} significant after "

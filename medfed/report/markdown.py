@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medfed.fl.names import POOLED
 from medfed.report.analysis import Analysis
 from medfed.report.formatting import digits_for, fmt, fmt_ci, fmt_p
 from medfed.stats import CORRECTIONS
@@ -46,6 +47,8 @@ def render_markdown(analysis: Analysis) -> str:
     if analysis.pooled_withheld:
         lines += ["", "Pooled values are withheld: they include suppressed sites' cases."]
     comparisons = analysis.comparisons
+    if len(comparisons):  # the per-site family; the pooled (site-stratified) rows are in comparisons.csv
+        comparisons = comparisons[comparisons["site"] != POOLED]
     significant = comparisons[np.isfinite(comparisons["p_adjusted"].astype(float))
                               & (comparisons["p_adjusted"].astype(float) < 0.05)] if len(comparisons) else comparisons
     lines += ["", "## Significant differences (corrected P < 0.05)", ""]

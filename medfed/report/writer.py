@@ -12,10 +12,11 @@ from typing import Any
 import pandas as pd
 
 from medfed.errors import MedfedError
+from medfed.fl.names import POOLED
 from medfed.io import atomic_write_text
 from medfed.report.analysis import Analysis, ReportOptions, analyse
-from medfed.report.html import render_html
 from medfed.report.calibration_table import calibration_rows
+from medfed.report.html import render_html
 from medfed.report.markdown import render_markdown
 from medfed.report.meta_table import meta_analysis_table
 from medfed.report.run_data import load_run, merge_runs
@@ -47,6 +48,8 @@ def _clean(value: Any) -> Any:
 def summary_dict(analysis: Analysis) -> dict[str, Any]:
     run = analysis.run
     comparisons = analysis.comparisons
+    if len(comparisons):  # the per-site family; the pooled (site-stratified) rows are in comparisons.csv
+        comparisons = comparisons[comparisons["site"] != POOLED]
     significant = comparisons[comparisons["p_adjusted"].astype(float) < 0.05] if len(comparisons) else comparisons
     return _clean({
         "experiment": run.name, "task": run.task_kind, "primary_metric": analysis.primary,
