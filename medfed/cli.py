@@ -268,7 +268,8 @@ def _report(run_dirs: list[Path], out: Path | None, options) -> None:
     tested = int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0
     significant = int((comparisons["p_adjusted"] < 0.05).sum()) if len(comparisons) else 0
     print(f"   report: {result.html} ({tested} paired comparisons tested, {significant} significant after "
-          f"{options.correction} correction; numbers in per_site.csv, comparisons.csv, meta_analysis.csv, summary.json, summary.md)")
+          f"{options.correction} correction; numbers in per_site.csv, comparisons.csv, meta_analysis.csv, "
+          "calibration.csv, summary.json, summary.md)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
