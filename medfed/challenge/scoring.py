@@ -111,16 +111,11 @@ def ranking_table(records: pd.DataFrame) -> pd.DataFrame:
 def _total_cases(messages: Sequence[Any], min_counts: Mapping[str, int]) -> int | str:
     """All institutions' cases, hidden (``">=k"``) when an institution's count is suppressed: the total beside
     the shown counts would give the small one away (rule 2 of :mod:`medfed.stats.disclosure`)."""
-    cells: dict[str, int] = {"total": int(sum(m.n_cases for m in messages))}
-    hidden: dict[str, str] = {}
-    for m in messages:
-        cells[m.site] = int(m.n_cases)
-        if is_primary(int(m.n_cases), min_counts[m.site]):
-            hidden[m.site] = f"<{min_counts[m.site]}"
-    if not hidden:
-        return cells["total"]
+    total = int(sum(m.n_cases for m in messages))
+    if not any(is_primary(int(m.n_cases), min_counts[m.site]) for m in messages):
+        return total
     k = max(min_counts.values())
-    return secondary_marker(k) if cells["total"] >= k else f"<{k}"
+    return secondary_marker(k) if total >= k else f"<{k}"
 
 
 def institution_table(records: pd.DataFrame, summaries: pd.DataFrame, min_counts: Mapping[str, int]) -> pd.DataFrame:

@@ -100,11 +100,6 @@ def pool_members(counts: Mapping[str, int], min_counts: Mapping[str, int]) -> tu
     return shown, left_out
 
 
-def pooled_withheld(counts: Mapping[str, int], min_counts: Mapping[str, int]) -> bool:
-    """Rule 3 for a value pooled over ``counts``' sites: withheld when any of them is primary-suppressed."""
-    return bool(pool_members(counts, min_counts)[1])
-
-
 SPLIT_NAMES = ("train", "val", "test")
 
 
