@@ -24,8 +24,9 @@ def check_scale(scale: str) -> str:
 
 
 #: version of what the generators write; bump it when a generator changes what it writes (2: patients and
-#: stones with group keys), so that `medfed run` regenerates demo data written by an older medfed
-SYNTH_FORMAT = 2
+#: stones with group keys; 3: demo federations sized for statistics), so that `medfed run` regenerates demo data
+#: written by an older medfed
+SYNTH_FORMAT = 3
 _FORMAT_MARK = "medfed synth format "
 
 
