@@ -198,7 +198,8 @@ def test_segmentation_report_has_wilcoxon_comparisons_and_boxplots(segmentation_
     result = write_report([segmentation_run], tmp_path / "seg")
     comp = result.analysis.comparisons
     dice = comp[(comp["metric"] == "dice_mean") & (comp["site"] == "big") & (comp["method"] == "strong")]
-    assert (dice["test"] == "Wilcoxon signed-rank").all() and (dice["p_value"] < 0.001).all()
+    assert (dice["test"] == "paired bootstrap").all() and (dice["p_value"] < 0.01).all()
+    assert (dice["p_wilcoxon"] < 0.001).all()  # the Wilcoxon signed-rank test, kept beside the bootstrap's P
     assert (dice["effect_size_name"] == "matched-pairs rank-biserial r").all() and (dice["effect_size"] > 0.9).all()
     html = result.html.read_text()
     assert 'id="boxplots"' in html and "Not shown (too few test cases): tiny" in html
@@ -277,6 +278,48 @@ def test_auroc_intervals_agree_with_their_p_values_adjusted_or_not(classificatio
                             "ci_test": ["DeLong"]})
     low, high = adjusted_intervals(made_up, 0.95)
     assert high[0] - 0.1 == pytest.approx(stats.norm.ppf(1 - 0.05 / 8) * 0.04)
+
+
+def test_bootstrap_intervals_agree_with_their_p_values_adjusted_or_not(segmentation_run):
+    comparisons = analyse(load_run(segmentation_run), ReportOptions(n_resamples=199)).comparisons
+    rows = comparisons[(comparisons["ci_test"] == "paired bootstrap") & comparisons["p_adjusted"].notna()]
+    assert len(rows) >= 10 and rows["metric"].str.startswith("hd95").any()
+    for row in rows.itertuples():
+        assert (row.ci_low > 0 or row.ci_high < 0) == (row.p_value < 0.05)
+        assert (row.ci_low_adjusted > 0 or row.ci_high_adjusted < 0) == (row.p_adjusted < 0.05)
+        assert row.ci_low_adjusted <= row.ci_low and row.ci_high <= row.ci_high_adjusted
+    # a Holm family of 12 made-up rows where both outcomes occur, adjusted and not
+    from medfed.report.analysis import adjusted_intervals
+    from medfed.stats import adjust_p_values
+    from medfed.stats.bootstrap import bootstrap_p_value, order_statistic_interval
+
+    rng = np.random.default_rng(1)
+    differences = [rng.normal(shift, 0.1, 1999) for shift in np.linspace(-0.4, 0.4, 12)]
+    p = np.array([bootstrap_p_value(d) for d in differences])
+    family = pd.DataFrame({"difference": [d.mean() for d in differences], "se": [d.std() for d in differences],
+                           "p_value": p, "p_adjusted": adjust_p_values(p, "holm"), "ci_test": "paired bootstrap"})
+    low, high = adjusted_intervals(family, 0.95, differences)
+    excluded = (low > 0) | (high < 0)
+    assert np.array_equal(excluded, family["p_adjusted"].to_numpy() < 0.05)
+    plain = np.array([order_statistic_interval(d, 0.05) for d in differences])
+    assert np.array_equal((plain[:, 0] > 0) | (plain[:, 1] < 0), p < 0.05)
+    assert excluded.any() and not excluded.all() and (p < 0.05).sum() > excluded.sum()  # the correction bites
+
+
+def test_order_statistic_interval_by_hand_and_against_the_bootstrap_p():
+    from medfed.stats.bootstrap import bootstrap_p_value, order_statistic_interval
+
+    d = np.arange(1.0, 20.0)  # B = 19 values 1..19: (B+1) = 20, alpha 0.2 -> j = largest with 2j/20 < 0.2 = 1
+    assert order_statistic_interval(d, 0.2) == (1.0, 19.0)
+    assert order_statistic_interval(d, 0.5) == (4.0, 16.0)  # 2j/20 < 0.5 -> j = 4: the 4th and 16th values
+    assert order_statistic_interval(d, 0.05) == (-np.inf, np.inf)  # 2/20 = 0.1 >= 0.05: unresolvable
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        values = rng.normal(rng.uniform(-0.5, 0.5), 0.2, int(rng.integers(19, 400)))
+        values[rng.random(values.size) < 0.05] = 0.0  # ties at zero count in both tails
+        alpha = float(rng.choice([0.05, 0.01, 0.1, 0.0125, 0.05 / 7]))
+        low, high = order_statistic_interval(values, alpha)
+        assert (low > 0 or high < 0) == (bootstrap_p_value(values) < alpha)
 
 
 def test_pooled_difference_uses_a_site_stratified_bootstrap(tmp_path):

@@ -17,6 +17,7 @@ from medfed.report.margins import check_margins, with_margin_tests
 from medfed.report.metrics import PRIMARY, MetricSpec, specs_for
 from medfed.report.run_data import RunData
 from medfed.seeding import rng_for
+from medfed.stats.bootstrap import order_statistic_interval
 from medfed.stats.meta import CI_METHODS as META_CI_METHODS
 from medfed.stats.power import minimum_detectable_difference
 from medfed.stats import (
@@ -34,7 +35,8 @@ from medfed.stats import (
 )
 
 DEFAULT_BASELINES = ("local_only", "fedavg")
-TEST_NAMES = {"delong": "DeLong", "wilcoxon": "Wilcoxon signed-rank", "": "paired bootstrap"}
+#: the test behind ``p_value`` and the row's CI; Dice / HD95 rows add the Wilcoxon signed-rank P as ``p_wilcoxon``
+TEST_NAMES = {"delong": "DeLong", "wilcoxon": "paired bootstrap", "": "paired bootstrap"}
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,9 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
                                                 note, suppress_count(n, min_count), options))
     per_site = pd.DataFrame(per_site_rows)
     margins = check_margins({**run.margins, **dict(options.margins)}, specs)
+    differences = [row.pop("_differences") for row in comparison_rows]
     comparisons = _correct(pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS)), options.correction,
-                           len(pairs), options.confidence)
+                           len(pairs), options.confidence, differences)
     withheld = any(0 < n < run.min_count(site) for site, n in n_by_site.items())
     aggregates = _aggregates(run, per_site, specs, n_by_site, options.split, withheld)
     if not withheld and run.methods:  # the pooled test set as one more row group, with its own CIs
@@ -231,7 +234,7 @@ def finding_labels(run: RunData) -> list[str] | None:
 
 #: columns of a comparison row (also of an empty table: a report with one method compares nothing)
 COMPARISON_COLUMNS = ("site", "metric", "label", "unit", "method", "baseline", "difference", "se", "mdd_80", "ci_low",
-                      "ci_high", "ci_test", "p_bootstrap", "test", "p_value", "effect_size", "effect_size_name",
+                      "ci_high", "ci_test", "p_bootstrap", "test", "p_value", "p_wilcoxon", "effect_size", "effect_size_name",
                       "n_cases", "note")
 
 
@@ -244,8 +247,8 @@ def _compare(
         "baseline": baseline, "difference": np.nan, "se": np.nan, "mdd_80": np.nan, "ci_low": np.nan, "ci_high": np.nan,
         "ci_test": "",
         "p_bootstrap": np.nan,
-        "test": TEST_NAMES[spec.test], "p_value": np.nan, "effect_size": np.nan, "effect_size_name": "",
-        "n_cases": n_cases, "note": note,
+        "test": TEST_NAMES[spec.test], "p_value": np.nan, "p_wilcoxon": np.nan, "effect_size": np.nan,
+        "effect_size_name": "", "n_cases": n_cases, "note": note, "_differences": None,
     }
     a, b = (method, spec.name), (baseline, spec.name)
     if note or cases is None or a not in distributions:
@@ -253,7 +256,8 @@ def _compare(
         return row
     diff = paired_difference(estimates[a], estimates[b], distributions[a], distributions[b], options.confidence)
     row.update(difference=diff.estimate, se=diff.se, ci_low=diff.low, ci_high=diff.high, p_bootstrap=diff.p_value,
-               p_value=diff.p_value, effect_size_name=f"difference in {spec.label}", ci_test="paired bootstrap")
+               p_value=diff.p_value, effect_size_name=f"difference in {spec.label}", ci_test="paired bootstrap",
+               _differences=distributions[a] - distributions[b])
     row["effect_size"] = diff.estimate
     stat_a, stat_b = cases.statistics[a], cases.statistics[b]
     if spec.test == "delong":
@@ -262,8 +266,10 @@ def _compare(
         row.update(p_value=result.p_value, effect_size=result.z, effect_size_name="z (difference / DeLong SE)",
                    se=result.se, ci_low=result.low, ci_high=result.high, ci_test="DeLong")
     elif spec.test == "wilcoxon":
+        # P and CI stay the paired bootstrap's (one test per row, so they agree); the Wilcoxon signed-rank test of the
+        # per-case differences is kept beside them, with its rank-biserial effect size
         result = paired_wilcoxon(stat_a.values, stat_b.values)
-        row.update(p_value=result.p_value, effect_size=result.rank_biserial,
+        row.update(p_wilcoxon=result.p_value, effect_size=result.rank_biserial,
                    effect_size_name="matched-pairs rank-biserial r")
     row["mdd_80"] = minimum_detectable_difference(row["se"])  # 80% power, two-sided 5% (medfed.stats.power)
     if not np.isfinite(row["difference"]):
@@ -300,8 +306,10 @@ def _pooled_compare(method: str, baseline: str, spec: MetricSpec, distributions:
     return row
 
 
-def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int, confidence: float = 0.95) -> pd.DataFrame:
-    """Adjust ``p_value`` within each metric's family (every site x comparison with a P-value)."""
+def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int, confidence: float = 0.95,
+             differences: list[np.ndarray | None] | None = None) -> pd.DataFrame:
+    """Adjust ``p_value`` within each metric's family (every site x comparison with a P-value), and add the adjusted
+    intervals (:func:`adjusted_intervals`; ``differences``: each row's paired bootstrap differences, or None)."""
     if comparisons.empty:
         return comparisons.assign(p_adjusted=pd.Series(dtype=float), correction=pd.Series(dtype=str),
                                   ci_low_adjusted=pd.Series(dtype=float), ci_high_adjusted=pd.Series(dtype=float))
@@ -315,14 +323,20 @@ def _correct(comparisons: pd.DataFrame, method: str, n_pairs: int, confidence: f
         comparisons.loc[group.index, "correction"] = (
             f"{CORRECTIONS[method]} over {m} tests of {metric} (sites x {n_pairs} comparisons)" if m else ""
         )
-    low, high = adjusted_intervals(comparisons, confidence)
+    low, high = adjusted_intervals(comparisons, confidence, differences)
     return comparisons.assign(ci_low_adjusted=low, ci_high_adjusted=high)
 
 
-def adjusted_intervals(comparisons: pd.DataFrame, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Multiplicity-adjusted CIs that agree with the corrected P (DeLong rows): with ``c = p_adjusted / p``, the
-    interval ``d +- z_{1 - alpha / (2 c)} se`` excludes 0 exactly when ``p_adjusted < alpha`` (``alpha = 1 -
-    confidence``). NaN for rows whose test is not a normal z-test (their adjusted P stands alone)."""
+def adjusted_intervals(comparisons: pd.DataFrame, confidence: float,
+                       differences: list[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplicity-adjusted CIs that agree with the corrected P. With ``c = p_adjusted / p`` and ``alpha = 1 -
+    confidence``, each row's own test is inverted at level ``alpha / c``:
+
+    - DeLong rows: ``d +- z_{1 - alpha / (2 c)} se``, which excludes 0 exactly when ``p_adjusted < alpha``;
+    - paired-bootstrap rows (``differences`` given, in row order): the order-statistic interval at ``alpha / c``
+      (:func:`medfed.stats.bootstrap.order_statistic_interval`), which excludes 0 exactly when ``p < alpha / c``.
+
+    NaN where there is no adjusted P (pooled rows, rows without a test)."""
     alpha = 1 - confidence
     d, se = comparisons["difference"].to_numpy(dtype=float), comparisons["se"].to_numpy(dtype=float)
     p, adjusted = comparisons["p_value"].to_numpy(dtype=float), comparisons["p_adjusted"].to_numpy(dtype=float)
@@ -330,7 +344,13 @@ def adjusted_intervals(comparisons: pd.DataFrame, confidence: float) -> tuple[np
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(normal, adjusted / p, np.nan)
         half = stats.norm.ppf(1 - alpha / (2 * factor)) * se
-    return np.where(normal, d - half, np.nan), np.where(normal, d + half, np.nan)
+    low, high = np.where(normal, d - half, np.nan), np.where(normal, d + half, np.nan)
+    tests = comparisons["ci_test"].to_numpy()
+    for i, values in enumerate(differences or []):
+        if values is None or tests[i] != "paired bootstrap" or not (np.isfinite(adjusted[i]) and p[i] > 0):
+            continue
+        low[i], high[i] = order_statistic_interval(values, alpha * p[i] / adjusted[i])
+    return low, high
 
 
 def _aggregates(

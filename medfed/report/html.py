@@ -22,7 +22,9 @@ TASK_LABELS = {
 CI_NAMES = {"bca": "BCa (bias-corrected and accelerated)", "percentile": "percentile"}
 TEST_TEXT = {
     "delong": "DeLong's test for two correlated AUROCs (DeLong et al. 1988), effect size z",
-    "wilcoxon": "Wilcoxon signed-rank test on per-case values, effect size the matched-pairs rank-biserial r",
+    "wilcoxon": "for Dice and HD95 the paired bootstrap of the mean difference gives P and CI; the Wilcoxon signed-rank "
+                "test on per-case values is given beside it (comparisons.csv p_wilcoxon), effect size the "
+                "matched-pairs rank-biserial r",
 }
 
 

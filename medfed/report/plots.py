@@ -61,8 +61,12 @@ def forest_plot(comparisons: pd.DataFrame, specs: Sequence[MetricSpec], confiden
         significant = rows["p_adjusted"].to_numpy(dtype=float) < 0.05
         colours = np.where(significant, "#1f6fb4", "#555555")
         if "ci_low_adjusted" in rows:  # thin: the multiplicity-adjusted interval, which agrees with the corrected P
-            axis.hlines(y, rows["ci_low_adjusted"].to_numpy(dtype=float), rows["ci_high_adjusted"].to_numpy(dtype=float),
-                        colors=colours, linewidth=0.8)
+            adj_low, adj_high = (rows[c].to_numpy(dtype=float) for c in ("ci_low_adjusted", "ci_high_adjusted"))
+            finite = np.concatenate([v[np.isfinite(v)] for v in (diff, low, high, adj_low, adj_high)] + [[0.0]])
+            pad = 0.05 * (finite.max() - finite.min() or 1.0)
+            edge = (finite.min() - pad, finite.max() + pad)  # an unbounded end (bootstrap too coarse) runs to the frame
+            axis.set_xlim(*edge)
+            axis.hlines(y, np.clip(adj_low, *edge), np.clip(adj_high, *edge), colors=colours, linewidth=0.8)
         axis.hlines(y, low, high, colors=colours, linewidth=2)
         axis.scatter(diff, y, c=colours, zorder=3, s=22)
         axis.axvline(0, color="black", linewidth=0.8)

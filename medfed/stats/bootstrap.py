@@ -133,7 +133,8 @@ def bootstrap_ci(
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """``estimate`` = statistic(A) - statistic(B) on the same cases, its percentile CI and two-sided P, and its
+    """``estimate`` = statistic(A) - statistic(B) on the same cases, its order-statistic percentile CI
+    (:func:`order_statistic_interval`) and two-sided P (:func:`bootstrap_p_value`), which agree, and its
     bootstrap standard error ``se`` (standard deviation of the resampled differences, ``ddof=1``)."""
 
     estimate: float
@@ -158,6 +159,29 @@ def bootstrap_p_value(differences: np.ndarray) -> float:
     return float(min(1.0, 2.0 * tail / (values.size + 1)))
 
 
+def order_statistic_interval(differences: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Equal-tailed ``1 - alpha`` interval of paired bootstrap differences from their order statistics, the
+    ``(B+1)·alpha/2`` rule (Davison & Hinkley 1997, §5.2.1): ``[d*_(j), d*_(B+1-j)]`` (1-based) with ``j`` the largest
+    integer with ``2j / (B+1) < alpha``; ``(-inf, inf)`` when ``j = 0`` (B resamples cannot resolve that level).
+
+    ``j`` is computed with the same expression as :func:`bootstrap_p_value`, so the interval excludes 0 exactly when
+    that P is below ``alpha``: ``d*_(j) > 0`` iff fewer than ``j`` values are ``<= 0`` iff ``2(1 + #{d* <= 0}) / (B+1)
+    < alpha`` (likewise for the upper end).
+    """
+    values = np.sort(differences[np.isfinite(differences)])
+    if values.size == 0 or not np.isfinite(alpha) or alpha <= 0:
+        return float("nan"), float("nan")
+    resolution = values.size + 1
+    j = int(np.floor(alpha * resolution / 2.0))
+    while j > 0 and not 2.0 * j / resolution < alpha:
+        j -= 1
+    while 2.0 * (j + 1) / resolution < alpha and j + 1 <= values.size:
+        j += 1
+    if j == 0:
+        return float("-inf"), float("inf")
+    return float(values[j - 1]), float(values[values.size - j])
+
+
 def paired_difference(
     estimate_a: float,
     estimate_b: float,
@@ -165,9 +189,10 @@ def paired_difference(
     distribution_b: np.ndarray,
     confidence: float = 0.95,
 ) -> PairedDifference:
-    """Difference A - B from two statistics' values on the same resamples (see module docstring)."""
+    """Difference A - B from two statistics' values on the same resamples (see module docstring). The interval is
+    :func:`order_statistic_interval`, so it excludes 0 exactly when the P-value is below ``1 - confidence``."""
     differences = distribution_a - distribution_b
-    low, high = percentile_interval(differences, confidence)
+    low, high = order_statistic_interval(differences, 1 - confidence)
     finite = differences[np.isfinite(differences)]
     se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
     return PairedDifference(
