@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -177,6 +178,14 @@ def test_report_files_are_deterministic_and_the_seed_matters(classification_run,
     shown = comparisons[comparisons["difference"].notna() & (comparisons["site"] != "pooled")]
     assert (shown["se"] > 0).all()
     assert (a.out / "per_site.csv").read_bytes() != (c.out / "per_site.csv").read_bytes()
+    # each meta-analysis forest plot also as a standalone SVG file, one per fitted (metric, comparison)
+    fitted = meta[meta["model"] == "dl"]
+    files = sorted(p.name for p in (a.out / "plots").glob("forest_*.svg"))
+    assert files == sorted(f"forest_{r.metric}_{r.method}_vs_{r.baseline}.svg" for r in fitted.itertuples())
+    for name in files:
+        root = ElementTree.fromstring((a.out / "plots" / name).read_bytes())
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert (a.out / "plots" / name).read_bytes() == (b.out / "plots" / name).read_bytes()
     summary = json.loads((a.out / "summary.json").read_text())
     assert summary["options"]["n_resamples"] == 1000 and summary["primary_metric"] == "auroc"
     assert {s["site"] for s in summary["sites"]} == set(SITES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jinja2
@@ -220,12 +221,21 @@ def _meta_sections(analysis: Analysis) -> list[dict[str, Any]]:
                                       options.confidence).itertuples()]
         left_out = rows["sites_left_out"].iloc[0]
         note = f"left out (no difference or SE): {left_out.replace(';', ', ')}" if isinstance(left_out, str) and left_out else ""
-        sections.append({"title": title, "svg": svg, "note": note, "rows": model_rows, "loo": loo})
+        sections.append({"title": title, "svg": svg, "note": note, "rows": model_rows, "loo": loo,
+                         "file": forest_file_name(metric, method, baseline)})
     return sections
 
 
-def render_html(analysis: Analysis) -> str:
-    return _environment().get_template("report.html.j2").render(**context(analysis))
+def forest_file_name(metric: str, method: str, baseline: str) -> str:
+    """``forest_<metric>_<method>_vs_<baseline>.svg``, with anything but letters, digits, ``.``, ``-`` and ``_`` as
+    ``-`` (method names of merged runs carry a ``/``)."""
+    name = f"forest_{metric}_{method}_vs_{baseline}"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name) + ".svg"
 
 
-__all__ = ["context", "render_html"]
+def render_html(analysis: Analysis, prepared: dict[str, Any] | None = None) -> str:
+    """``report.html`` from :func:`context` (``prepared``: a context already computed for this analysis)."""
+    return _environment().get_template("report.html.j2").render(**(prepared or context(analysis)))
+
+
+__all__ = ["context", "forest_file_name", "render_html"]

@@ -1,5 +1,5 @@
 """Write a report: ``report.html``, ``per_site.csv``, ``comparisons.csv``, ``meta_analysis.csv``, ``calibration.csv``,
-``summary.json``, ``summary.md``."""
+``summary.json``, ``summary.md``, and each meta-analysis forest plot as ``plots/forest_*.svg``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from medfed.fl.names import POOLED
 from medfed.io import atomic_write_text
 from medfed.report.analysis import Analysis, ReportOptions, analyse
 from medfed.report.calibration_table import calibration_rows
-from medfed.report.html import render_html
+from medfed.report.html import context, render_html
 from medfed.report.markdown import render_markdown
 from medfed.report.meta_table import meta_analysis_table
 from medfed.report.run_data import load_run, merge_runs
@@ -91,5 +91,13 @@ def write_report(
         analysis.comparisons, analysis.options.meta_ci, analysis.options.confidence, analysis.margins)))
     atomic_write_text(out / "summary.json", json.dumps(summary_dict(analysis), indent=1))
     atomic_write_text(out / "summary.md", render_markdown(analysis))
-    atomic_write_text(out / "report.html", render_html(analysis))
+    prepared = context(analysis)
+    plots_dir = out / "plots"
+    for stale in plots_dir.glob("forest_*.svg"):  # a report written again leaves no plot of an older analysis
+        stale.unlink()
+    for section in prepared["meta"]:
+        if section["svg"]:
+            plots_dir.mkdir(exist_ok=True)
+            atomic_write_text(plots_dir / section["file"], section["svg"])
+    atomic_write_text(out / "report.html", render_html(analysis, prepared))
     return ReportResult(out, analysis)
