@@ -385,6 +385,10 @@ def test_multi_label_and_uncertain_cases_still_get_cis(tmp_path):
     rows = analysis.per_site.set_index(["site", "method", "metric"])
     for metric in ("auroc", "auroc/Pneumonia", "auroc/Effusion"):
         assert np.isfinite(rows.loc[("big", "strong", metric), "ci_low"]), metric
+    effusion = analysis.calibration.set_index(["site", "method", "label"]).loc[("big", "strong", "Effusion")]
+    test_targets = pd.read_csv(out / "predictions" / "strong.csv").query("site == 'big' and split == 'test'")
+    known = test_targets[(test_targets["label"] == "Effusion") & (test_targets["target"] >= 0)]
+    assert effusion["n"] == len(known) and np.isfinite(effusion["brier"])  # uncertain findings are left out
     single_uncertain = make_run(tmp_path / "u", methods=("weak", "strong"), sites={"big": 60})
     for method in ("weak", "strong"):
         path = single_uncertain / "predictions" / f"{method}.csv"

@@ -12,8 +12,10 @@ from scipy import stats
 
 from medfed.errors import MedfedError
 from medfed.fl.names import POOLED
+from medfed.report.calibration_table import calibration_rows
 from medfed.report.cases import SiteCases, site_cases
 from medfed.report.margins import check_margins, with_margin_tests
+from medfed.report.meta_table import meta_analysis_table
 from medfed.report.metrics import PRIMARY, MetricSpec, specs_for
 from medfed.report.run_data import RunData
 from medfed.seeding import rng_for
@@ -87,6 +89,11 @@ class Analysis:
     pooled_withheld: bool = False
     #: non-inferiority / equivalence margins in force: metric -> (delta, higher is better)
     margins: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    #: ``meta_analysis.csv``: the comparisons pooled across sites (:func:`medfed.report.meta_table.meta_analysis_table`)
+    meta: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: ``calibration.csv`` rows and the reliability curve of each (site, method, label)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    calibration_curves: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def _normalise(name: str) -> str:
@@ -187,8 +194,10 @@ def analyse(run: RunData, options: ReportOptions | None = None) -> Analysis:
         if pooled_rows:
             comparisons = pd.concat([comparisons, pd.DataFrame(pooled_rows)], ignore_index=True)
     comparisons = with_margin_tests(comparisons, margins)
+    meta = meta_analysis_table(comparisons, options.meta_ci, options.confidence, margins)
+    calibration, curves = calibration_rows(run.task_kind, run.records, shown, options.split)
     return Analysis(run, options, specs, PRIMARY[run.task_kind], baselines, per_site, comparisons, aggregates, shown,
-                    notes, withheld, margins)
+                    notes, withheld, margins, meta, calibration, curves)
 
 
 def _estimate_rows(

@@ -59,7 +59,7 @@ def calibration_rows(kind: str, records: dict[str, pd.DataFrame], sites: Sequenc
             labels = at_site["label"].astype(str) if "label" in at_site else pd.Series("anomaly", index=at_site.index)
             for label in dict.fromkeys(labels):
                 part = at_site[labels == label]
-                part = part[np.isfinite(part["target"].to_numpy(dtype=float))]
+                part = part[np.isin(part["target"].to_numpy(dtype=float), (0.0, 1.0))]  # uncertain (-1) is masked
                 test, val = part[part["split"] == split], part[part["split"] == "val"]
                 if test.empty:
                     continue

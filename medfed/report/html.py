@@ -10,9 +10,8 @@ import numpy as np
 
 from medfed.report import plots
 from medfed.report.analysis import Analysis, finding_labels
-from medfed.report.calibration_table import calibration_rows
 from medfed.report.formatting import digits_for, fmt, fmt_ci, fmt_p
-from medfed.report.meta_table import leave_one_out, meta_analysis_table
+from medfed.report.meta_table import leave_one_out
 from medfed.stats import CORRECTIONS
 from medfed.stats.disclosure import protect_summary
 
@@ -149,7 +148,7 @@ def _calibration_section(analysis: Analysis) -> dict[str, Any] | None:
     run = analysis.run
     if run.task_kind not in ("classification", "anomaly"):
         return None
-    table, curves = calibration_rows(run.task_kind, run.records, analysis.shown_sites, analysis.options.split)
+    table, curves = analysis.calibration, analysis.calibration_curves
     colours = plots.method_colours(run.methods)
     figures = []
     for site in analysis.shown_sites:
@@ -191,7 +190,7 @@ def _meta_sections(analysis: Analysis) -> list[dict[str, Any]]:
     options, comparisons = analysis.options, analysis.comparisons
     if comparisons.empty:
         return []
-    table = meta_analysis_table(comparisons, options.meta_ci, options.confidence, analysis.margins)
+    table = analysis.meta
     labels = {s.name: s for s in analysis.specs}
     sections = []
     for (metric, method, baseline), rows in table.groupby(["metric", "method", "baseline"], sort=False):

@@ -15,10 +15,8 @@ from medfed.errors import MedfedError
 from medfed.fl.names import POOLED
 from medfed.io import atomic_write_text
 from medfed.report.analysis import Analysis, ReportOptions, analyse
-from medfed.report.calibration_table import calibration_rows
 from medfed.report.html import context, render_html
 from medfed.report.markdown import render_markdown
-from medfed.report.meta_table import meta_analysis_table
 from medfed.report.run_data import load_run, merge_runs
 
 
@@ -84,11 +82,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "per_site.csv", _csv(analysis.per_site))
     atomic_write_text(out / "comparisons.csv", _csv(analysis.comparisons))
-    calibration, _ = calibration_rows(analysis.run.task_kind, analysis.run.records, analysis.shown_sites,
-                                      analysis.options.split)
-    atomic_write_text(out / "calibration.csv", _csv(calibration))
-    atomic_write_text(out / "meta_analysis.csv", _csv(meta_analysis_table(
-        analysis.comparisons, analysis.options.meta_ci, analysis.options.confidence, analysis.margins)))
+    atomic_write_text(out / "calibration.csv", _csv(analysis.calibration))
+    atomic_write_text(out / "meta_analysis.csv", _csv(analysis.meta))
     atomic_write_text(out / "summary.json", json.dumps(summary_dict(analysis), indent=1))
     atomic_write_text(out / "summary.md", render_markdown(analysis))
     prepared = context(analysis)
