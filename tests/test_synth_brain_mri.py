@@ -175,5 +175,9 @@ def test_demo_scale_shape_counts_and_speed(tmp_path):
     federation = load_federation(config)
     demo = SCALE_SPECS["demo"]
     assert [len(s) for s in federation] == list(demo.counts)
-    assert set(federation.case_table()["shape"]) == {"48x56x48"}
+    assert set(federation.case_table()["shape"]) == {"32x40x32"}
+    assert yaml.safe_load(Path(config).read_text())["split"] == {"seed": 0, "val": 0.15, "test": 0.4}
+    # every institution has >= 10 test subjects: per-site CIs and tests in the report, no "n<2" rows
+    assert [len(s.split("test")) for s in federation] == [21, 14, 11, 10, 10]
+    assert min(len(s.split("train")) for s in federation) >= 10
     assert elapsed < 60, f"demo took {elapsed:.1f} s"

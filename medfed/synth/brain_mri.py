@@ -24,13 +24,20 @@ acquisition blur (isotropic or thick-slice point-spread function), voxel spacing
 ``full`` is the BraTS 1 mm grid), tumour size, head size (institution 3 scans children: heads x0.85)
 and number of subjects (FeTS-like skew: few large institutions, many small, :data:`SCALE_SPECS`).
 
+Per scale (:data:`SCALE_SPECS`): ``small`` 32x32x32 at 6 mm, 5 / 3 / 2 subjects (split val 0.15 / test
+0.25); ``demo`` 32x40x32 at 5.5 mm, 52 / 36 / 28 / 24 / 24 subjects split val 0.15 / test 0.4, so every
+institution has at least 10 test subjects (21 / 14 / 11 / 10 / 10; train 23 / 17 / 13 / 10 / 10) and the
+report tests every institution; ``full`` the BraTS 240x240x155 1 mm grid, 96 ... 4 subjects in 12
+institutions (val 0.15 / test 0.25).
+
 Written under ``out/brain_mri/``: ``<ID>/<ID>_<t1|t1ce|t2|flair|seg>.nii.gz`` (``naming="brats"``,
 ids ``BraTS2021_NNNNN``) or ``<ID>/<ID>_brain_<contrast>.nii.gz`` + ``<ID>_final_seg.nii.gz``
 (``naming="fets2"``, ids ``FeTS_NNNNNN``); images int16, segmentation uint8, RAS+ affines with the
 brain centred on the grid at its MNI position. ``partitioning_1.csv`` (by institution) and
 ``partitioning_2.csv`` (the largest institutions split in two). nibabel writes gzip streams with
 ``mtime=0`` and the headers carry a fixed ``descrip``, so the same seed writes identical bytes.
-Cost on one CPU core: ``small`` about 1 s, ``demo`` about 3 s, ``full`` about 6 s per subject.
+Cost on one CPU core: ``demo`` under 0.1 s per subject (all 164 subjects about 13 s, start-up included),
+``small`` (10 subjects) a few seconds in all, ``full`` about 6 s per subject.
 """
 
 from __future__ import annotations
@@ -85,11 +92,14 @@ class ScaleSpec:
     spacing_jitter: float
     counts: tuple[int, ...]  # subjects per institution (FeTS-like skew)
     split_largest: int  # institutions partitioning_2 splits in two
+    val: float = 0.15  # split fractions written into the config (the split unit is the subject)
+    test: float = 0.25
 
 
 SCALE_SPECS: dict[str, ScaleSpec] = {
     "small": ScaleSpec((32, 32, 32), (6.0, 6.0, 6.0), 0.1, (5, 3, 2), 1),
-    "demo": ScaleSpec((48, 56, 48), (4.0, 4.0, 4.0), 0.1, (13, 8, 5, 4, 3), 2),
+    # >= 10 test subjects in every institution (round(24 * 0.4) = 10): per-site CIs and tests in the report
+    "demo": ScaleSpec((32, 40, 32), (5.5, 5.5, 5.5), 0.1, (52, 36, 28, 24, 24), 2, val=0.15, test=0.4),
     "full": ScaleSpec((240, 240, 155), (1.0, 1.0, 1.0), 0.0, (96, 52, 34, 24, 18, 14, 11, 9, 7, 6, 5, 4), 3),
 }
 
@@ -427,9 +437,9 @@ def write_brain_mri(
     config = {
         "name": f"{MODALITY}-{scale}",
         "adapter": "brats",
-        "split": {"seed": seed, "val": 0.15, "test": 0.25},
+        "split": {"seed": seed, "val": spec.val, "test": spec.test},
         # synthetic subjects, no patient to protect: per-site metrics are shown from 2 test cases so the
-        # tiny demo institutions have a row; real federations keep the default of 5
+        # tiny small-scale institutions have a row; real federations keep the default of 5
         "min_count": 5 if scale == "full" else 2,
         "sources": [{
             "root": f"../{MODALITY}", "partition_csv": f"partitioning_{partitioning}.csv", "name": "inst",
