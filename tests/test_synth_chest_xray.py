@@ -279,3 +279,12 @@ def test_config_names_where_the_patient_is_and_the_adapter_groups_by_it(small):
         patients = draw_patients(spec, spec.cases["small"], seed=0)
         assert site.cases["group"].nunique() == len(patients)
         assert (site.cases.groupby("group")["split"].nunique() == 1).all()  # a patient never straddles splits
+
+
+def test_demo_sites_are_large_enough_for_a_tested_comparison():
+    """Cheap (no pixels): at a test fraction of 0.25, every demo site needs about 120 images for 30 test cases;
+    each holds at least 144 (the grouped split moves a few), and enough positives for a validation AUROC."""
+    for spec in SITES:
+        n = spec.cases["demo"]
+        assert n >= 144, spec.name
+        assert round(spec.prevalence * n) >= 30, spec.name

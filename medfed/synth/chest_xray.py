@@ -8,12 +8,12 @@ Sites (images per scale ``small``/``demo``/``full``; patients with seed 0 in bra
   (10/240/3000 images [6/121/1613 patients]).
 - ``adult-b``: CR DICOM without a window (raw, so ``intensity: voi`` falls back to percentiles),
   MONOCHROME1 (inverted storage), RescaleSlope 2 / RescaleIntercept -1024, portable AP-heavy, under-exposed and noisy, non-square; its CSV holds labels only, so age, sex,
-  view and the patient (PatientID) come from the DICOM headers (10/120/1500 [6/60/792]).
+  view and the patient (PatientID) come from the DICOM headers (10/144/1500 [6/75/792]).
 - ``adult-c``: 8-bit PNG with a label CSV (integer codes), soft and bright; CheXpert paths
-  ``images/patient00012/study2/view1_frontal.png`` (8/48/600 [6/27/317]).
+  ``images/patient00012/study2/view1_frontal.png`` (8/156/600 [6/85/317]).
 - ``pediatric``: 8-bit PNG in ``NORMAL/`` and ``PNEUMONIA/`` folders (Kermany et al., Cell 2018),
   smaller anatomy, relatively larger heart, higher pneumonia prevalence; Kermany file names carry the
-  patient: ``PNEUMONIA/person12_bacteria_2.png``, ``NORMAL/IM-0012-0001.png`` (10/96/1200 [7/54/637]).
+  patient: ``PNEUMONIA/person12_bacteria_2.png``, ``NORMAL/IM-0012-0001.png`` (10/144/1200 [7/82/637]).
 
 Patients: each has 1-4 images (first study and follow-ups; probabilities 0.45/0.30/0.15/0.10, the
 last patient of a label quota cut short), 2-120 days apart, with one sex, birth date, PatientID and
@@ -26,6 +26,10 @@ their state. Image label counts follow fixed quotas (so even ``small`` sites hol
 state; see :func:`draw_patients`). The config names where the adapter finds the patient: ``group_column: Patient``
 (``adult-a``), ``group_pattern: (patient\\d+)/`` (``adult-c``); ``adult-b`` (DICOM PatientID) and
 ``pediatric`` (Kermany names) rely on the adapter's defaults.
+
+Difficulty (so that the demo's AUROCs stay off the ceiling): positives' opacity strength varies from clear to
+faint (:data:`PNEUMONIA_STRENGTH`), uncertain images carry a faint one, and a share of negatives a faint
+mimic (:data:`MIMIC_RATE`), so the classes overlap (:func:`opacity_strength`).
 
 Finding columns follow CheXpert (Irvin et al. 2019): ``1`` positive, ``0`` negative, ``-1``
 uncertain, blank unmentioned. Pneumonia is rendered as patchy opacities: clearly for positives,
@@ -108,14 +112,14 @@ class SiteSpec:
 SITES: tuple[SiteSpec, ...] = (
     SiteSpec("adult-a", "dicom", {"small": 10, "demo": 240, "full": 3000}, prevalence=0.2, uncertain_rate=0.1,
              blank_rate=0.6, gain=0.9, gamma=1.0, noise=0.008, ap_fraction=0.2, grouping="column"),
-    SiteSpec("adult-b", "dicom", {"small": 10, "demo": 120, "full": 1500}, prevalence=0.3, uncertain_rate=0.15,
+    SiteSpec("adult-b", "dicom", {"small": 10, "demo": 144, "full": 1500}, prevalence=0.3, uncertain_rate=0.15,
              blank_rate=0.7, gain=0.62, gamma=1.35, offset=0.08, noise=0.03, blur=0.8, aspect=0.875,
              ap_fraction=0.8, modality="CR", photometric="MONOCHROME1", slope=2.0, intercept=-1024.0,
              csv_metadata=False, grouping="dicom"),
-    SiteSpec("adult-c", "png", {"small": 8, "demo": 48, "full": 600}, prevalence=0.15, uncertain_rate=0.1,
+    SiteSpec("adult-c", "png", {"small": 8, "demo": 156, "full": 600}, prevalence=0.22, uncertain_rate=0.1,
              blank_rate=0.5, gain=0.95, gamma=0.75, offset=0.02, noise=0.015, blur=1.4, ap_fraction=0.5,
              label_format="int", grouping="path"),
-    SiteSpec("pediatric", "class_folders", {"small": 10, "demo": 96, "full": 1200}, prevalence=0.6,
+    SiteSpec("pediatric", "class_folders", {"small": 10, "demo": 144, "full": 1200}, prevalence=0.6,
              uncertain_rate=0.0, blank_rate=0.0, pediatric=True, gain=0.85, gamma=1.1, noise=0.012, blur=0.7,
              ap_fraction=0.9, grouping="file_name", resolving=0.0),
 )
@@ -236,6 +240,20 @@ def render_chest(
         opacity = np.clip(blobs, 0, 1.5) * np.clip(zones, 0, 1) * lung
         density += 0.25 * pneumonia * opacity
     return np.clip(density, 0, 1)
+
+
+#: opacity strength (``render_chest``'s ``pneumonia``) of a positive and an uncertain image, drawn uniformly
+PNEUMONIA_STRENGTH = {1: (0.25, 0.9), -1: (0.15, 0.4)}
+#: share of negative images with a faint pneumonia-like opacity (atelectasis, scarring: a mimic), and its strength
+MIMIC_RATE, MIMIC_STRENGTH = 0.15, (0.1, 0.35)
+
+
+def opacity_strength(rng: np.random.Generator, state: int) -> float:
+    """Opacity strength of one image: positives from clear to faint (:data:`PNEUMONIA_STRENGTH`), uncertain ones
+    faint, and a share of negatives (:data:`MIMIC_RATE`) with a faint mimic, so the classes overlap."""
+    positive, uncertain = (rng.uniform(*PNEUMONIA_STRENGTH[k]) for k in (1, -1))
+    mimic = rng.uniform(*MIMIC_STRENGTH) if rng.random() < MIMIC_RATE else 0.0
+    return float({1: positive, -1: uncertain, 0: mimic}[state])
 
 
 def acquire(rng: np.random.Generator, density: np.ndarray, spec: SiteSpec) -> np.ndarray:
@@ -467,7 +485,7 @@ def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
             anatomies[case.patient] = draw_anatomy(rng_for(seed, MODALITY, spec.name, "patient", case.patient,
                                                            "anatomy"), spec.pediatric)
         rng = rng_for(seed, MODALITY, spec.name, case.index, "pixels")
-        strength = {1: rng.uniform(0.8, 1.2), -1: rng.uniform(0.3, 0.5), 0: 0.0}[case.pneumonia]
+        strength = opacity_strength(rng, case.pneumonia)
         density = render_chest(rng, shape, pediatric=spec.pediatric, pneumonia=strength,
                                cardiomegaly=bool(case.cardiomegaly), anatomy=anatomies[case.patient])
         signal = acquire(rng, density, spec)

@@ -17,19 +17,20 @@ face showing the inner structure). Appearance cues, after Daudon's morphological
 Sites (two source "data sets" with different cameras and class balance):
 
 - ``dataset-a`` (ex-vivo digital camera): square PNG, full frame, neutral white balance, mild
-  vignetting, low noise; stored as ``<class>/<view>/stone_NNN/img_NNN.png`` (34/92/456 images for
-  ``small``/``demo``/``full``; 12/30/127 stones with seed 0); the config names the stone folder
+  vignetting, low noise; stored as ``<class>/<view>/stone_NNN/img_NNN.png`` (34/148/456 images for
+  ``small``/``demo``/``full``; 12/47/127 stones with seed 0); the config names the stone folder
   (``group_level: 2``: folder 0 is the class, 1 the view, 2 the stone).
 - ``dataset-b`` (endoscope): 4:3 JPEG (quality 85) at lower resolution, circular field of view
   with black surround, warm white balance, strong vignetting, blur and sensor noise; stored flat as
   ``frames/frame_NNNNN.jpg`` (shuffled: names tell neither type nor stone) plus ``labels.csv``
   (``file,stone_type,view,stone``, stone ``b-stone-017``; config ``group_column: stone``)
-  (32/76/432 images; 11/22/123 stones).
+  (32/152/432 images; 11/44/123 stones).
 
 Stones: each class's frames (the same number per view, :meth:`SiteSpec.count`) are split into
 stones of 2-5 frames (uniform draws, adjusted so none is left alone), the views dealt at random, so
 most stones are seen in both views (section after surface) and some in one. A stone has one type and
-one body (:class:`Stone`: size, outline, colour patches, relief, facets, layering) from a per-stone
+one body (:class:`Stone`: size, outline, colour patches, relief, facets, layering, its own tone and a
+mixed composition that shifts its colour toward another type's, :data:`TONE`, :data:`ADMIX`) from a per-stone
 stream; each frame draws its own pose (position, rotation, zoom), ureter wall, specular highlights,
 lighting and camera noise, so the frames of one stone look alike without being equal.
 
@@ -127,12 +128,12 @@ class SiteSpec:
 SITES: tuple[SiteSpec, ...] = (
     SiteSpec("dataset-a", "A-exvivo-camera", "class_view_folders",
              shapes={"small": (64, 64), "demo": (128, 128), "full": (384, 384)},
-             per_class_view={"small": 3, "demo": 8, "full": 40},
+             per_class_view={"small": 3, "demo": 13, "full": 40},
              class_weights=(1.3, 1.0, 1.0, 0.7, 1.0, 0.7),
              white_balance=(1.0, 1.0, 1.0), exposure=1.05, vignetting=0.15, fov=None, blur=0.3, noise=0.008),
     SiteSpec("dataset-b", "B-ureteroscope", "flat_csv",
              shapes={"small": (48, 64), "demo": (96, 128), "full": (288, 384)},
-             per_class_view={"small": 3, "demo": 7, "full": 40},
+             per_class_view={"small": 3, "demo": 14, "full": 40},
              class_weights=(1.6, 1.0, 1.3, 0.4, 0.7, 0.4),
              white_balance=(1.10, 0.95, 0.78), exposure=1.0, vignetting=0.55, fov=0.98, blur=0.9, noise=0.025),
 )
@@ -226,6 +227,8 @@ class Stone:
     pores: np.ndarray  # pores (section)
     facet_seeds: np.ndarray  # (40, 2) Voronoi seeds of crystal facets
     facet_brightness: np.ndarray  # (40,)
+    tone: float = 1.0  # brightness of this stone's colours (1 = the type's)
+    admix: tuple[float, float, float] = (0.0, 0.0, 0.0)  # colour shift toward another type (mixed composition)
 
 
 def draw_stone(rng: np.random.Generator, stone_type: str, size: int = 64) -> Stone:
@@ -244,8 +247,25 @@ def draw_stone(rng: np.random.Generator, stone_type: str, size: int = 64) -> Sto
         blotch=field(0.1), bumps=field(0.05), rough=_noise(rng, (size, size), 0.008 * size + 0.3),
         warp=field(0.06), pores=field(0.02),
         facet_seeds=rng.uniform(-radius, radius, size=(40, 2)).astype(np.float32),
-        facet_brightness=rng.uniform(-1, 1, 40).astype(np.float32),
+        facet_brightness=rng.uniform(-1, 1, 40).astype(np.float32), **_composition(rng, stone_type),
     )
+
+
+#: per-stone colour variation: brightness range, and the largest share of another type's colour (mixed stones)
+TONE, ADMIX = (0.85, 1.15), 0.5
+
+
+def _composition(rng: np.random.Generator, stone_type: str) -> dict[str, object]:
+    """A stone's own tone and mixed composition: real stones are seldom pure, and their colour varies, so the
+    types overlap in colour: a share up to :data:`ADMIX` of another type's colour (``Ia_COM``'s for the other
+    types, COM being the usual second component; a random other type's for ``Ia_COM``), tone in :data:`TONE`."""
+    tone = float(rng.uniform(*TONE))
+    other = STONES[CLASSES[(CLASSES.index(stone_type) + int(rng.integers(1, len(CLASSES)))) % len(CLASSES)]]
+    if stone_type != CLASSES[0]:  # calcium oxalate monohydrate is the usual second component of a mixed stone
+        other = STONES[CLASSES[0]]
+    share = float(rng.uniform(0, ADMIX))
+    shift = share * (np.array(other.colour) - np.array(STONES[stone_type].colour))
+    return {"tone": tone, "admix": tuple(float(v) for v in shift)}
 
 
 def render_stone(
@@ -293,7 +313,9 @@ def render_stone(
     u = np.clip(rho / radius, 0, 1)
     dome = np.sqrt(1 - u**2)
 
-    colour, colour2 = np.array(look.colour, np.float32), np.array(look.colour2, np.float32)
+    admix, tone = np.array(stone.admix, np.float32), np.float32(stone.tone)
+    colour = np.clip((np.array(look.colour, np.float32) + admix) * tone, 0, 1)
+    colour2 = np.clip((np.array(look.colour2, np.float32) + admix) * tone, 0, 1)
     blotch = np.clip(0.5 + 0.5 * _sample(stone.blotch, xs, ys), 0, 1)
     stone_rgb = _mix(colour, colour2, 0.35 * blotch)
     relief = look.bumps * _sample(stone.bumps, xs, ys) + look.rough * _sample(stone.rough, xs, ys)
