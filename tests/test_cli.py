@@ -93,7 +93,7 @@ def test_run_generates_missing_demo_once(tmp_path, monkeypatch, capsys):
     lines = written.read_text().splitlines()
     written.write_text("\n".join(line for line in lines if "medfed synth format" not in line) + "\n")
     assert main(args) == 0
-    assert "demo data from an older medfed (format 1, now 2)" in capsys.readouterr().out
+    assert "demo data from an older medfed (format 1, now 3)" in capsys.readouterr().out
     assert "medfed synth format 3" in written.read_text()
 
 

@@ -205,10 +205,10 @@ def test_label_flip_poisons_training_labels_only():
 # ----------------------------------------------------------------- the paper's claim, seeded
 def test_fedagain_suppresses_the_expert_forger(tmp_path_factory):
     """tasks/fedagain_ureteroscopy_forger.yaml as configured (FedAvg and FedAgain only), seed 0: the server's
-    benchmark finds the forger (its reliability error is the highest of all sites), FedAgain gives it well under
-    the weight FedAvg gives its inflated example count, and FedAgain's pooled AUROC beats FedAvg's. (The paper's
-    stronger claim, the forger's gain below every honest site's, holds at seeds 1 and 2 but not at seed 0, where
-    an honest site with 2 training images diverges more: see the README.)"""
+    benchmark finds the forger (its reliability error is the highest of all sites), FedAgain gives it the lowest
+    mean gain of all sites (the paper's claim; it holds at seeds 0, 1 and 2 on the demo of synth format 3, see the
+    README) and well under the weight FedAvg gives its inflated example count, and FedAgain's pooled AUROC beats
+    FedAvg's (by 0.10 at seed 0 with one thread)."""
     config = yaml.safe_load((TASKS / "fedagain_ureteroscopy_forger.yaml").read_text())
     config["methods"] = ["fedavg", "fedagain"]
     path = tmp_path_factory.mktemp("forger") / "forger.yaml"
@@ -220,15 +220,17 @@ def test_fedagain_suppresses_the_expert_forger(tmp_path_factory):
     metrics = pd.read_csv(run / "metrics.csv")
     pooled = metrics[(metrics["site"] == "pooled") & (metrics["split"] == "test") & (metrics["metric"] == "auroc")]
     auroc = pooled.set_index("method")["value"]
-    assert auroc["fedagain"] > auroc["fedavg"] + 0.1
+    assert auroc["fedagain"] > auroc["fedavg"] + 0.05
     rounds = [json.loads(line) for line in (run / "runs" / "fedagain" / "rounds.jsonl").read_text().splitlines()]
     aggregation = {key: pd.DataFrame([r["aggregation"][key] for r in rounds]).mean() for key in ("gain", "reliability_error")}
     forger = next(site for site, c in config["site_conditions"].items() if c["adversary"]["kind"] == "forger")
     assert aggregation["reliability_error"].idxmax() == forger
+    assert aggregation["gain"].idxmin() == forger
     # the log shows counts as sites.csv does: a suppressed one ("<k") enters by its upper bound k - 1, which
     # makes this FedAvg share of the forger a lower bound, and the assertion below stricter
-    examples = {site: int(n) if not isinstance(n, str) else int(n.lstrip("<")) - 1
-                for site, n in rounds[0]["num_examples"].items()}
+    counts = rounds[0]["num_examples"]
+    assert not any(str(n).startswith(">=") for n in counts.values()), counts  # only lower bounds known: no check
+    examples = {site: int(n) if not isinstance(n, str) else int(n.lstrip("<")) - 1 for site, n in counts.items()}
     fedavg_share = examples[forger] / sum(examples.values())
     assert aggregation["gain"][forger] < fedavg_share / 2
     per_site = pd.read_csv(run / "per_site.csv")
