@@ -50,6 +50,7 @@ from medfed.fl.config import TrainingConfig
 from medfed.fl.evaluation import POOLED_LEFT_OUT, EvalDatasets, evaluate_on_site, metrics_by_site, pooled_round_metrics
 from medfed.fl.sampling import available_sites, sample_sites
 from medfed.fl.strategies import Strategy
+from medfed.fl.step import FedAvgShadow
 from medfed.fl.strategies.centralised import POOLED
 from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import get_weights, layout_of, set_weights
@@ -279,7 +280,7 @@ class MethodRunner:
                                              "global": global_weights, "state": state, "log": log})
                 self._append_log(record)
                 continue
-            updates = self._client_updates(model, datasets, sampled, rnd, global_weights, state, record)
+            updates = FedAvgShadow(self._client_updates(model, datasets, sampled, rnd, global_weights, state, record))
             new_global, new_state, diagnostics = self.strategy.aggregate(global_weights, updates, state)
             streaks.update(record)
             stop = stop_message(self.name, record, needed, streaks, self.run_dir / ROUNDS_LOG)
@@ -287,8 +288,11 @@ class MethodRunner:
                 record["status"] = "stopped"
                 self._append_log(record)
                 raise RunStopped(stop)
+            step = updates.diagnostic(global_weights, new_global) if self.strategy.global_step else None
             global_weights, state = new_global, new_state
             record["aggregation"] = diagnostics
+            if step is not None:
+                record.update(step)
             every = self.training.eval_every
             if every and (rnd % every == 0 or rnd == total) and self.eval_datasets is not None:
                 with quiet_collate():

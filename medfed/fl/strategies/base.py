@@ -36,6 +36,9 @@ class Strategy(ABC):
     consensus_fixed_point: ClassVar[bool] = True
     #: True: clients count in proportion to ``num_examples``; False: every client counts the same
     weights_by_examples: ClassVar[bool] = True
+    #: True: the round moves one global model, so its step can be compared with FedAvg's on the same updates
+    #: (``step_ratio``, ``step_cosine`` in the round log, :mod:`medfed.fl.step`); False for local-only training
+    global_step: ClassVar[bool] = True
     #: True: the result does not depend on the order in which sites report
     order_invariant: ClassVar[bool] = True
 

@@ -23,6 +23,7 @@ def local_key(site: str) -> str:
 
 class LocalOnly(Strategy):
     name: ClassVar[str] = "local_only"
+    global_step: ClassVar[bool] = False  # no global model moves: each site keeps its own
 
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
         return {"models": {site: global_weights.copy() for site in sites}}

@@ -93,6 +93,7 @@ from medfed.fl.runner import (
     stop_message,
 )
 from medfed.fl.sampling import available_sites, sample_sites
+from medfed.fl.step import FedAvgShadow
 from medfed.fl.strategies import Strategy as MedfedMethod
 from medfed.fl.strategies.local_only import local_key
 from medfed.fl.summary import summary_table
@@ -455,8 +456,8 @@ class MedfedStrategy(Strategy):
             return None, None
         by_site = self._by_site(replies, current.nodes)
         record = current.record
-        new_global, new_state, diagnostics = self.method.aggregate(self.global_weights, self._updates(by_site, current),
-                                                                   self.state)
+        updates = FedAvgShadow(self._updates(by_site, current))
+        new_global, new_state, diagnostics = self.method.aggregate(self.global_weights, updates, self.state)
         self.streaks.update(record)
         stop = stop_message(self.name, record, current.needed, self.streaks, self.run_dir / ROUNDS_LOG)
         if stop is not None:  # too few updates, or a site failing the same way again: as the in-process runner
@@ -464,8 +465,11 @@ class MedfedStrategy(Strategy):
             self._append_log(record)
             self._round = None
             raise RunStopped(stop)
+        step = updates.diagnostic(self.global_weights, new_global) if self.method.global_step else None
         self.global_weights, self.state = new_global, new_state
         record["aggregation"] = diagnostics
+        if step is not None:  # as the in-process runner: medfed.fl.step
+            record.update(step)
         metrics = MetricRecord({"completed": len(record["completed"]), "failed": len(record["failed"])})
         shown = self._logged({"num_examples": record["num_examples"]})["num_examples"]  # as rounds.jsonl shows them
         for site in record["completed"]:  # every site's values, not one weighted mean
