@@ -13,6 +13,7 @@ from medfed.fl.experiment import run_experiment
 from medfed.fl.step import FedAvgShadow, step_diagnostic
 from medfed.fl.strategies import FedAvg, FedLD
 from medfed.fl.update import ClientUpdate
+from medfed.report import ReportOptions, write_report
 from medfed.synth import write_federation
 
 
@@ -90,3 +91,17 @@ def test_round_log_records_the_step_for_global_methods_only(tmp_path):
     assert all(r["step_ratio"] == pytest.approx(0.5, abs=1e-6) and r["step_cosine"] == pytest.approx(1.0, abs=1e-6)
                for r in log("fedavgm"))
     assert not any("step_ratio" in r for r in log("local_only"))
+    # the report plots it per method (FedAvg and FedAvgM; local-only has no global step)
+    html = write_report([out], tmp_path / "report", ReportOptions(n_resamples=200)).html.read_text()
+    assert 'id="steps"' in html and "Step length against FedAvg" in html
+
+
+def test_step_plot_draws_the_methods_that_logged_a_step():
+    from medfed.report.plots import step_ratios
+
+    rounds = {"fedavg": [{"round": 1, "step_ratio": 1.0}, {"round": 2, "step_ratio": 1.0}],
+              "fedld": [{"round": 1, "step_ratio": 0.4}, {"round": 2, "step_ratio": None}],
+              "local_only": [{"round": 1}]}
+    svg = step_ratios(rounds)
+    assert svg is not None and svg.startswith("<svg") and "fedld" in svg and "local_only" not in svg
+    assert step_ratios({"local_only": [{"round": 1}]}) is None

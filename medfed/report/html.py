@@ -132,6 +132,7 @@ def context(analysis: Analysis) -> dict[str, Any]:
         "correction_name": CORRECTIONS[options.correction],
         "curves_svg": plots.learning_curves(run.rounds, run.site_names, primary),
         "gains_svg": plots.aggregation_gains(run.rounds, run.site_names),
+        "steps_svg": plots.step_ratios(run.rounds),
         "site_conditions": {s["site"]: s["conditions"] for s in run.sites if "conditions" in s},
         "boxplots": boxplots, "hidden_sites": [s for s in run.site_names if s not in analysis.shown_sites],
         "n_resamples": options.n_resamples, "task_kind": run.task_kind,

@@ -181,6 +181,30 @@ def learning_curves(
         return to_svg(figure)
 
 
+def step_ratios(rounds: dict[str, list[dict]]) -> str | None:
+    """Each method's ``step_ratio`` per round (its step against FedAvg's on the same updates, :mod:`medfed.fl.step`),
+    one line per method that logged it, the FedAvg line at 1 dotted; ``None`` when no method logged one."""
+    series = {}
+    for method, entries in rounds.items():
+        points = [(int(e["round"]), float(e["step_ratio"])) for e in entries if e.get("step_ratio") is not None]
+        if points:
+            series[method] = points
+    if not series:
+        return None
+    colours = method_colours(list(rounds))
+    with plt.rc_context(STYLE):
+        figure, axis = plt.subplots(figsize=(6.0, 2.8))
+        for method, points in series.items():
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o", markersize=3, color=colours[method], label=method)
+        axis.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+        axis.set_xlabel("round")
+        axis.set_ylabel("step / FedAvg's step")
+        axis.set_ylim(bottom=0)
+        axis.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        return to_svg(figure)
+
+
 def aggregation_gains(rounds: dict[str, list[dict]], sites: Sequence[str]) -> str | None:
     """One panel per method whose aggregation logs per-site gains (FedAgain): each site's gain per round."""
     panels = {}
