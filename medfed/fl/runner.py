@@ -280,15 +280,16 @@ class MethodRunner:
                                              "global": global_weights, "state": state, "log": log})
                 self._append_log(record)
                 continue
-            updates = FedAvgShadow(self._client_updates(model, datasets, sampled, rnd, global_weights, state, record))
-            new_global, new_state, diagnostics = self.strategy.aggregate(global_weights, updates, state)
+            updates = self._client_updates(model, datasets, sampled, rnd, global_weights, state, record)
+            shadow = FedAvgShadow(updates) if self.strategy.global_step else None  # local-only: no global step
+            new_global, new_state, diagnostics = self.strategy.aggregate(global_weights, shadow or updates, state)
             streaks.update(record)
             stop = stop_message(self.name, record, needed, streaks, self.run_dir / ROUNDS_LOG)
             if stop is not None:
                 record["status"] = "stopped"
                 self._append_log(record)
                 raise RunStopped(stop)
-            step = updates.diagnostic(global_weights, new_global) if self.strategy.global_step else None
+            step = shadow.diagnostic(global_weights, new_global) if shadow else None
             global_weights, state = new_global, new_state
             record["aggregation"] = diagnostics
             if step is not None:

@@ -456,8 +456,9 @@ class MedfedStrategy(Strategy):
             return None, None
         by_site = self._by_site(replies, current.nodes)
         record = current.record
-        updates = FedAvgShadow(self._updates(by_site, current))
-        new_global, new_state, diagnostics = self.method.aggregate(self.global_weights, updates, self.state)
+        updates = self._updates(by_site, current)
+        shadow = FedAvgShadow(updates) if self.method.global_step else None  # local-only: no global step
+        new_global, new_state, diagnostics = self.method.aggregate(self.global_weights, shadow or updates, self.state)
         self.streaks.update(record)
         stop = stop_message(self.name, record, current.needed, self.streaks, self.run_dir / ROUNDS_LOG)
         if stop is not None:  # too few updates, or a site failing the same way again: as the in-process runner
@@ -465,7 +466,7 @@ class MedfedStrategy(Strategy):
             self._append_log(record)
             self._round = None
             raise RunStopped(stop)
-        step = updates.diagnostic(self.global_weights, new_global) if self.method.global_step else None
+        step = shadow.diagnostic(self.global_weights, new_global) if shadow else None
         self.global_weights, self.state = new_global, new_state
         record["aggregation"] = diagnostics
         if step is not None:  # as the in-process runner: medfed.fl.step
