@@ -182,14 +182,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_experiment(
                 config, out_root, demo_configs=demo, resume=args.resume, progress=not args.no_progress,
                 overrides={"rounds": args.rounds} if args.rounds is not None else None, validate=True,
+                seeds=args.seeds,
             )
         else:  # the same experiment on Flower: SuperLink + one SuperNode per site on this machine, or simulation
             from medfed.integrations.flower.engine import run_experiment_on_flower
 
+            if args.seeds is not None:
+                raise ConfigError(f"--seeds with --engine {args.engine}: multi-seed runs use the in-process engine")
             result = run_experiment_on_flower(config, out_root, args.engine, demo_configs=demo, rounds=args.rounds,
                                               resume=args.resume, progress=not args.no_progress)
+        seeds = f", mean ± SD over seeds {', '.join(map(str, sorted(result.metrics['seed'].unique())))}" \
+            if "seed" in result.metrics else ""
         print(f"\n== {result.name}: {result.primary_metric} on each site's test split "
-              f"(own model for local_only; n<k: too few cases to show) ==")
+              f"(own model for local_only; n<k: too few cases to show{seeds}) ==")
         print(result.summary.to_string())
         if "centralised" in result.summary.columns:
             print("   centralised pools every site's images: an upper-bound reference, not privacy-preserving")
@@ -199,7 +204,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for method, message in result.stopped.items():
             print(f"   {method} STOPPED: {message}", file=sys.stderr)
             exit_code = EXIT_PROBLEMS
-        print(f"   results: {result.out}/metrics.csv, predictions/, runs/<method>/rounds.jsonl")
+        layout = "seed-<s>/predictions/, seed-<s>/runs/<method>/rounds.jsonl" if "seed" in result.metrics else \
+            "predictions/, runs/<method>/rounds.jsonl"
+        print(f"   results: {result.out}/metrics.csv, {layout}")
         if len(result.metrics):
             _report([result.out], None, _report_options(args))
     for sweep, root, runs in sweeps:
@@ -236,6 +243,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    """``0,1,2``: distinct integers."""
+    from medfed.fl.config import check_seeds
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return check_seeds([int(p) for p in parts])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}" if parts and all(_is_int(p) for p in parts)
+                                         else f"expected distinct integer seeds like 0,1,2, got {text!r}") from None
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _margin(text: str) -> tuple[str, float]:
     """``METRIC=DELTA`` with a positive number."""
     metric, _, value = text.partition("=")
@@ -262,11 +289,17 @@ def _report(run_dirs: list[Path], out: Path | None, options) -> None:
     from medfed.report import write_report
 
     result = write_report(run_dirs, out, options)
-    comparisons = result.analysis.comparisons
+    comparisons = result.analysis.comparisons if result.across_seeds is None else result.across_seeds
     if len(comparisons):
         comparisons = comparisons[comparisons["site"] != "pooled"]  # per-site comparisons (the corrected family)
     tested = int(comparisons["p_value"].notna().sum()) if len(comparisons) else 0
     significant = int((comparisons["p_adjusted"] < 0.05).sum()) if len(comparisons) else 0
+    if result.seeds is not None:
+        print(f"   report: {result.html} (across seeds {', '.join(map(str, result.seeds))}: {tested} seed-averaged "
+              f"comparisons tested, {significant} significant after {options.correction} correction; numbers in "
+              "across_seeds.csv, meta_analysis.csv, comparisons.csv and per_site.csv with a seed column; each "
+              "seed's own report in seed-<s>/report.html)")
+        return
     print(f"   report: {result.html} ({tested} paired comparisons tested, {significant} significant after "
           f"{options.correction} correction; numbers in per_site.csv, comparisons.csv, meta_analysis.csv, "
           "calibration.csv, summary.json, summary.md)")
@@ -487,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder; each experiment writes <out>/<name>/")
     run.add_argument("--resume", action="store_true", help="continue killed runs from their last finished round")
     run.add_argument("--rounds", type=_number(int, 1), help="override training.rounds, >= 1 (e.g. 1 for a smoke test)")
+    run.add_argument("--seeds", type=_seed_list, metavar="S[,S...]",
+                     help="run every method under each seed, e.g. 0,1,2 (replaces the config's seeds; "
+                          "one seed-<s>/ run each, plus metrics.csv with a seed column)")
     run.add_argument("--engine", choices=("inprocess", "flower", "flower-sim"), default="inprocess",
                      help="inprocess (default); flower: a Flower SuperLink and one SuperNode per site on this "
                           "machine (loopback); flower-sim: Flower's Simulation Engine (Ray; medfed[flower-sim])")

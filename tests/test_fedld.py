@@ -199,3 +199,19 @@ def test_margin_control_reduces_the_distribution_shift_loss():
         global_losses.append(shifted)
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < gaps[0] - 0.03
     assert global_losses[2] < global_losses[0]
+
+
+def test_aggregation_mean_keeps_only_the_margin_control():
+    """The "margin control only" ablation: FedAvg's sample-weighted average on every tensor, margin hook kept."""
+    from medfed.fl.update import ClientUpdate
+
+    g = np.zeros(4, np.float32)
+    rows, counts = np.array([[2, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]], np.float32), [1, 2, 1]
+    strategy = FedLD(aggregation="mean", weighting="examples")
+    state = {"history": np.ones(4, np.float32)}  # past the first round: the principal path would apply
+    new, _, _ = strategy.aggregate(g, iter([ClientUpdate(f"s{i}", g + r, n) for i, (r, n) in
+                                            enumerate(zip(rows, counts, strict=True))]), state)
+    np.testing.assert_allclose(new, [(2 + 2) / 4, 1 / 4, 0, 0], rtol=1e-6)  # (1*[2,0] + 2*[1,0] + 1*[0,1]) / 4
+    assert len(strategy.client_hooks(torch.nn.Linear(2, 2))) == 1
+    with pytest.raises(ValueError, match="aggregation must be"):
+        FedLD(aggregation="median")

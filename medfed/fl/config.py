@@ -31,6 +31,8 @@ from medfed.sites.conditioned import CorruptionConfig
 from medfed.tasks import TaskConfig
 
 DEMO_PREFIX = "demo:"
+#: ``server_learning_rate: match:<method>``: the step-matched baseline (:mod:`medfed.fl.step`)
+MATCH_PREFIX = "match:"
 
 
 class TrainingConfig(BaseModel):
@@ -76,6 +78,15 @@ class MethodConfig(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def match_target(self) -> str | None:
+        """The method whose mean logged ``step_ratio`` sets this method's ``server_learning_rate``
+        (``server_learning_rate: match:<method>``), or None."""
+        value = (self.model_extra or {}).get("server_learning_rate")
+        if isinstance(value, str) and value.startswith(MATCH_PREFIX):
+            return value[len(MATCH_PREFIX):]
+        return None
 
 
 class PartitionConfig(BaseModel):
@@ -144,6 +155,10 @@ class ExperimentConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     federation: str
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None, description="run every method under each of these seeds (new initialisation, sampling and, where the "
+        "partitioner is seeded, partition); the run directory then holds one seed-<s>/ run per seed"
+    )
     task: TaskConfig
     training: TrainingConfig = TrainingConfig()
     methods: list[MethodConfig] = Field(min_length=1)
@@ -159,13 +174,39 @@ class ExperimentConfig(BaseModel):
             return [{"strategy": m} if isinstance(m, str) else m for m in value]
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        return None if value is None else check_seeds(value)
+
     @model_validator(mode="after")
     def _unique_labels(self) -> ExperimentConfig:
         labels = [m.label for m in self.methods]
         duplicated = sorted({x for x in labels if labels.count(x) > 1})
         if duplicated:
             raise ValueError(f"method names must be unique; repeated: {duplicated} (give each a `name`)")
+        for method in self.methods:
+            target = method.match_target
+            if target is None:
+                continue
+            if target not in labels or target == method.label:
+                others = ", ".join(x for x in labels if x != method.label)
+                raise ValueError(f"method {method.label}: server_learning_rate {MATCH_PREFIX}{target}: no other method "
+                                 f"named {target!r} in this experiment (methods: {others})")
+            if next(m for m in self.methods if m.label == target).match_target is not None:
+                raise ValueError(f"method {method.label}: {MATCH_PREFIX}{target}, itself step-matched: match a method "
+                                 "with its own server step")
         return self
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    """``seeds`` as given, or a ValueError when it is empty or repeats a seed."""
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed (or leave seeds out for one run with `seed`)")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds repeats {', '.join(map(str, repeated))}: each seed runs once")
+    return list(seeds)
 
 
 def load_experiment(path: Path | str) -> ExperimentConfig:
@@ -182,7 +223,10 @@ def load_experiment(path: Path | str) -> ExperimentConfig:
         if method.init is not None:
             method.init = resolve_init(method.init, Path(path).parent)
     for i, method in enumerate(config.methods):
-        build_strategy(method.strategy, method.params, source=f"{path}: methods.{i}")
+        params = method.params
+        if method.match_target is not None:  # checked with a placeholder; the rate is measured when the run gets there
+            params = {**params, "server_learning_rate": 1.0}
+        build_strategy(method.strategy, params, source=f"{path}: methods.{i}")
     return config
 
 
@@ -196,8 +240,24 @@ def resolve_init(init: str | dict[str, Any], base: Path) -> dict[str, Any]:
     return spec
 
 
-def build_strategies(config: ExperimentConfig, source: str = "<config>") -> dict[str, Strategy]:
-    return {m.label: build_strategy(m.strategy, m.params, source) for m in config.methods}
+def build_strategies(config: ExperimentConfig, source: str = "<config>",
+                     matched: dict[str, float] | None = None) -> dict[str, Strategy]:
+    """Every method's strategy; a step-matched method (``match:<method>``) takes its rate from ``matched`` (label ->
+    server learning rate), or 1.0 as a placeholder until it is measured."""
+    matched = matched or {}
+    strategies = {}
+    for m in config.methods:
+        params = m.params
+        if m.match_target is not None:
+            params = {**params, "server_learning_rate": matched.get(m.label, 1.0)}
+        strategies[m.label] = build_strategy(m.strategy, params, source)
+    return strategies
+
+
+def run_order(config: ExperimentConfig) -> list[str]:
+    """Method labels in the order they train: a step-matched method after the method it matches."""
+    return ([m.label for m in config.methods if m.match_target is None]
+            + [m.label for m in config.methods if m.match_target is not None])
 
 
 def federation_path(config: ExperimentConfig, config_dir: Path, demo_configs: dict[str, Path] | None) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,13 @@ from medfed.fl.config import (
     ExperimentConfig,
     SiteConditions,
     build_strategies,
+    check_seeds,
     federation_path,
     load_experiment,
+    run_order,
 )
 from medfed.fl.evaluation import EvalDatasets, evaluate_models, metric_table
-from medfed.fl.names import REPORT_FILES
+from medfed.fl.names import REPORT_FILES, SEEDS_FILE
 from medfed.fl.runner import MethodRunner, RunStopped
 from medfed.fl.scenario import (
     apply_conditions,
@@ -47,6 +49,7 @@ from medfed.fl.scenario import (
     split_server,
     with_server_benchmark,
 )
+from medfed.fl.step import mean_step_ratio
 from medfed.fl.strategies.local_only import local_key
 from medfed.fl.summary import OWN_MODEL, summary_table
 from medfed.io import atomic_write_text
@@ -104,7 +107,7 @@ def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
         return True
     for stale in ("runs", "predictions"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", *REPORT_FILES):
+    for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", SEEDS_FILE, *REPORT_FILES):
         (out / stale).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
@@ -168,26 +171,62 @@ def run_experiment(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     validate: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> ExperimentResult:
     """Train every method of the experiment at ``config_path`` and write its run directory under ``out_root``.
 
     ``overrides`` replaces ``training`` fields (e.g. ``{"rounds": 1}``); ``validate`` reads every case of
-    every site first and reports all problems at once (:class:`DataProblems`) before any training.
+    every site first and reports all problems at once (:class:`DataProblems`) before any training. ``seeds`` (or
+    the config's ``seeds``) runs the experiment once per seed (:func:`medfed.fl.multiseed.run_seeds`), loading the
+    federation once.
     """
     config_path = Path(config_path)
-    config = load_experiment(config_path)
-    if overrides:
-        try:  # validated like the config file (model_copy alone would accept rounds=-1)
-            training = type(config.training).model_validate({**config.training.model_dump(), **overrides})
-        except ValidationError as err:
-            raise ConfigError(f"{config_path}: training overrides {overrides}: {err.errors()[0]['msg']}") from None
-        config = config.model_copy(update={"training": training})
+    config = with_training_overrides(load_experiment(config_path), overrides, config_path)
+    if seeds is not None:
+        try:
+            config = config.model_copy(update={"seeds": check_seeds(list(seeds))})
+        except ValueError as err:
+            raise ConfigError(f"--seeds: {err}") from None
     fed_file = federation_path(config, config_path.parent, demo_configs)
     federation = load_federation(fed_file, strict=not validate)
     if validate:
         problems = errors_only(federation.validate(progress=progress))
         if problems:
             raise DataProblems(problems)
+    if config.seeds is not None:
+        from medfed.fl.multiseed import run_seeds
+
+        return run_seeds(config, config_path, fed_file, federation, Path(out_root) / config.name, resume=resume,
+                         progress=progress)
+    return run_loaded(config, config_path, fed_file, federation, Path(out_root) / config.name, resume=resume,
+                      progress=progress)
+
+
+def with_training_overrides(config: ExperimentConfig, overrides: dict[str, Any] | None,
+                            source: Path) -> ExperimentConfig:
+    """``config`` with ``training`` fields replaced, validated like the config file (model_copy alone would accept
+    rounds=-1)."""
+    if not overrides:
+        return config
+    try:
+        training = type(config.training).model_validate({**config.training.model_dump(), **overrides})
+    except ValidationError as err:
+        raise ConfigError(f"{source}: training overrides {overrides}: {err.errors()[0]['msg']}") from None
+    return config.model_copy(update={"training": training})
+
+
+def run_loaded(
+    config: ExperimentConfig,
+    config_path: Path,
+    fed_file: Path,
+    federation: Federation,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> ExperimentResult:
+    """One seed (``config.seed``) of an experiment whose federation is loaded: train every method, evaluate every
+    final model on every site, write the run directory ``out``."""
     task = build_task(config.task)
     assignment = None
     if config.partition is not None:
@@ -221,7 +260,6 @@ def run_experiment(
     refusals += init_refusals(task, config, config_path)
     if refusals:
         raise ConfigError("\n".join(refusals))
-    out = Path(out_root) / config.name
     resuming = _prepare_out(out, resolved_config(config, fed_file), resume)
     write_sites(out / "sites.csv", federation, config.site_conditions)
     if partition is not None:
@@ -235,8 +273,19 @@ def run_experiment(
     adversaries = {site: spec.adversary for site, spec in config.site_conditions.items() if spec.adversary is not None}
     benchmark = task.train_dataset(server_site) if server_site is not None else None
     inits = {m.label: m.init for m in config.methods if m.init is not None}
-    frames, stopped, failures = [], {}, []
-    for label, strategy in strategies.items():
+    targets = {m.label: m.match_target for m in config.methods if m.match_target is not None}
+    frames: dict[str, pd.DataFrame] = {}
+    stopped: dict[str, str] = {}
+    failures: list[dict[str, Any]] = []
+    logs: dict[str, list[dict[str, Any]]] = {}
+    for label in run_order(config):
+        strategy = strategies[label]
+        if label in targets:
+            strategy, reason = matched_strategy(config, label, targets[label], logs, str(config_path))
+            if strategy is None:
+                stopped[label] = reason
+                tqdm.write(f"[{config.name}] {reason}")
+                continue
         runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, out / "runs" / label,
                               eval_datasets=eval_data, progress=progress, adversaries=adversaries,
                               server_benchmark=benchmark, init=inits.get(label))
@@ -246,6 +295,11 @@ def run_experiment(
             stopped[label] = str(err)
             tqdm.write(f"[{config.name}] {err}")
             continue
+        logs[label] = result.rounds
+        if label in targets:  # what the step-matched method ran with, beside its round log
+            atomic_write_text(out / "runs" / label / MATCHED_STEP_FILE, json.dumps(
+                {"matched": targets[label], "server_learning_rate": getattr(strategy, "server_learning_rate", None),
+                 "rounds_of_matched": len(logs[targets[label]])}, indent=1))
         failures += [dict(f, method=label) for f in result.failures]
         bar = tqdm(total=len(result.models) * len(names), desc=f"{label}: evaluate", unit="site", leave=False,
                    disable=None if progress else True)  # None: off when not a terminal
@@ -255,12 +309,32 @@ def run_experiment(
             own = pd.concat([records[(records["model"] == local_key(n)) & (records["site"] == n)] for n in names])
             records = pd.concat([records, own.assign(model=OWN_MODEL)], ignore_index=True)
         _write_csv(out / "predictions" / f"{label}.csv", records)
-        frames.append(metric_table(task, records, label, min_counts, pooled_min))
-    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        frames[label] = metric_table(task, records, label, min_counts, pooled_min)
+    ordered = [frames[m.label] for m in config.methods if m.label in frames]  # the config's order, as before
+    metrics = pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
     _write_csv(out / "metrics.csv", metrics)
     summary = summary_table(metrics, task.primary_metric) if len(metrics) else pd.DataFrame()
     _write_csv(out / "summary.csv", summary.rename_axis("site").reset_index())
     return ExperimentResult(config.name, out, metrics, summary, task.primary_metric, stopped, failures)
+
+
+MATCHED_STEP_FILE = "matched_step.json"
+
+
+def matched_strategy(config: ExperimentConfig, label: str, target: str, logs: Mapping[str, list[dict[str, Any]]],
+                     source: str) -> tuple[Any, str]:
+    """The strategy of step-matched method ``label``: its ``server_learning_rate`` is ``target``'s mean logged
+    ``step_ratio`` (:func:`medfed.fl.step.mean_step_ratio`; the run writes it to ``runs/<label>/matched_step.json``).
+    ``(None, reason)`` when ``target`` stopped or logged no step ratio."""
+    if target not in logs:
+        return None, f"{label}: not run, since {target} (whose step length it matches) stopped"
+    rate = mean_step_ratio(logs[target])
+    if rate is None or not rate > 0:
+        return None, (f"{label}: not run, since {target} logged no step ratio (it has no global model, or FedAvg "
+                      "never moved); match a method with a global step")
+    strategy = build_strategies(config, source, matched={label: rate})[label]
+    tqdm.write(f"[{config.name}] {label}: server_learning_rate {rate:.4f} = mean step ratio of {target}")
+    return strategy, ""
 
 
 def runner_model(task: Any, config: ExperimentConfig) -> Any:

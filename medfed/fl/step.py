@@ -16,7 +16,8 @@ float64 model, and the strategy still sees every update once, in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,4 +57,11 @@ class FedAvgShadow:
         return step_diagnostic(global_weights, new_global, self._mean.result())
 
 
-__all__ = ["FedAvgShadow", "step_diagnostic"]
+def mean_step_ratio(rounds: Sequence[Mapping[str, Any]]) -> float | None:
+    """The mean ``step_ratio`` over the logged rounds that have one (``None`` when none has): the server learning rate
+    of a FedAvg whose steps are, on average, as long as that method's (``server_learning_rate: match:<method>``)."""
+    values = [float(r["step_ratio"]) for r in rounds if r.get("step_ratio") is not None]
+    return float(np.mean(values)) if values else None
+
+
+__all__ = ["FedAvgShadow", "mean_step_ratio", "step_diagnostic"]

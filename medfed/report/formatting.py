@@ -36,3 +36,16 @@ def fmt_p(p: Any) -> str:
 def digits_for(unit: str) -> int:
     """Millimetres to one decimal, unitless scores to three."""
     return 1 if unit == "mm" else 3
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

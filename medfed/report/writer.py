@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,35 +11,28 @@ from typing import Any
 import pandas as pd
 
 from medfed.errors import MedfedError
-from medfed.fl.names import POOLED
+from medfed.fl.names import POOLED, read_seeds
 from medfed.io import atomic_write_text
 from medfed.report.analysis import Analysis, ReportOptions, analyse
+from medfed.report.formatting import json_safe
 from medfed.report.html import context, render_html
 from medfed.report.markdown import render_markdown
 from medfed.report.run_data import load_run, merge_runs
+from medfed.report.seed_report import write_seed_report
 
 
 @dataclass
 class ReportResult:
     out: Path
+    #: the analysis (of a multi-seed run: its first seed's; the across-seed tables are in ``out``)
     analysis: Analysis
+    seeds: list[int] | None = None
+    #: of a multi-seed run: the seed-averaged comparisons (``across_seeds.csv``)
+    across_seeds: pd.DataFrame | None = None
 
     @property
     def html(self) -> Path:
         return self.out / "report.html"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def summary_dict(analysis: Analysis) -> dict[str, Any]:
@@ -49,7 +41,7 @@ def summary_dict(analysis: Analysis) -> dict[str, Any]:
     if len(comparisons):  # the per-site family; the pooled (site-stratified) rows are in comparisons.csv
         comparisons = comparisons[comparisons["site"] != POOLED]
     significant = comparisons[comparisons["p_adjusted"].astype(float) < 0.05] if len(comparisons) else comparisons
-    return _clean({
+    return json_safe({
         "experiment": run.name, "task": run.task_kind, "primary_metric": analysis.primary,
         "methods": run.methods, "baselines": analysis.baselines, "options": asdict(analysis.options),
         "sites": [{"site": s["site"], "test_cases": s.get("splits", {}).get("test"),
@@ -78,6 +70,13 @@ def write_report(
             raise MedfedError("several run directories are merged into one report: give --out for it")
         out = run_dirs[0]
     out = Path(out)
+    seeded = {Path(p): seeds for p in run_dirs if (seeds := read_seeds(Path(p))) is not None}
+    if seeded:
+        if len(run_dirs) > 1:
+            raise MedfedError(f"{next(iter(seeded))}: a multi-seed run is reported on its own (one run directory)")
+        path, seeds = next(iter(seeded.items()))
+        analyses, across = write_seed_report(path, seeds, out, options)
+        return ReportResult(out, analyses[min(analyses)], seeds=sorted(analyses), across_seeds=across)
     analysis = analyse(merge_runs([load_run(p) for p in run_dirs]), options)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "per_site.csv", _csv(analysis.per_site))

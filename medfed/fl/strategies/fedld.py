@@ -30,6 +30,9 @@ K x K eigen-decomposition alone (:func:`principal_coefficients`): never a dense 
 element, and tensors in their first round (no history yet), take the plain mean ``sum_i a_i g_i``. When all
 clients' updates point the same way (``G`` of rank one) every ``g~_i = g_i``: FedLD is FedAvg's average.
 
+**Ablations.** ``margin_lambda: 0`` keeps only the aggregation; ``aggregation: mean`` keeps only the margin control
+(every tensor takes the plain mean ``sum_i a_i g_i``; with ``weighting: examples`` that is FedAvg's average).
+
 State: per-tensor exponential moving average of the aggregated update, ``h = gamma h + (1 - gamma) u``
 (``gamma`` 0.99, the first round sets ``h = u``), as the authors' code keeps it; it decides which tensors
 have had a round (``h != 0``). One float32 model-sized vector, checkpointed. Memory: the K client models
@@ -52,6 +55,7 @@ from medfed.tasks.base import LocalHook, Task
 
 Variant = Literal["projection", "calibrated"]
 Weighting = Literal["equal", "examples"]
+Aggregation = Literal["principal", "mean"]
 
 
 def principal_coefficients(
@@ -110,6 +114,7 @@ class FedLD(AllModelsStrategy):
         gamma: float = 0.99,
         weighting: Weighting = "equal",
         variant: Variant = "projection",
+        aggregation: Aggregation = "principal",
     ) -> None:
         if margin_lambda < 0:
             raise ValueError(f"margin_lambda must be >= 0, got {margin_lambda}")
@@ -121,6 +126,9 @@ class FedLD(AllModelsStrategy):
             raise ValueError(f"weighting must be 'equal' or 'examples', got {weighting!r}")
         if variant not in ("projection", "calibrated"):
             raise ValueError(f"variant must be 'projection' or 'calibrated', got {variant!r}")
+        if aggregation not in ("principal", "mean"):
+            raise ValueError(f"aggregation must be 'principal' or 'mean', got {aggregation!r}")
+        self.aggregation: Aggregation = aggregation
         self.margin_lambda, self.k_proportion, self.gamma = float(margin_lambda), float(k_proportion), float(gamma)
         self.weighting: Weighting = weighting
         self.variant: Variant = variant
@@ -171,7 +179,7 @@ class FedLD(AllModelsStrategy):
         # a tensor has had a round once its history is non-zero (the authors' test); one-element tensors
         # always take the plain mean
         seen = [bool(np.any(history[start:start + size])) for start, size in zip(starts, sizes, strict=True)]
-        principal = [t for t, size in enumerate(sizes) if size > 1 and seen[t]]
+        principal = [t for t, size in enumerate(sizes) if size > 1 and seen[t] and self.aggregation == "principal"]
         row = {t: r for r, t in enumerate(principal)}
         chunks = tensor_chunks(sizes, len(sites))
 
@@ -206,4 +214,4 @@ class FedLD(AllModelsStrategy):
 
     def params(self) -> dict[str, Any]:
         return {"margin_lambda": self.margin_lambda, "k_proportion": self.k_proportion, "gamma": self.gamma,
-                "weighting": self.weighting, "variant": self.variant}
+                "weighting": self.weighting, "variant": self.variant, "aggregation": self.aggregation}

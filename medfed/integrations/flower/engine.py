@@ -106,6 +106,11 @@ def flower_refusals(config: ExperimentConfig, source: str) -> list[str]:
         check_flower_experiment(config, source)
     except ConfigError as err:
         refusals += str(err).splitlines()
+    if config.seeds is not None:
+        refusals.append(f"{source}: seeds: multi-seed runs use the in-process engine (medfed run without --engine)")
+    refusals += [f"{source}: methods: {m.label}: server_learning_rate match:{m.match_target} is measured in-process "
+                 "only; give the number (the matched method's mean step_ratio in its rounds.jsonl)"
+                 for m in config.methods if m.match_target is not None]
     task = build_task(config.task)
     for label, method in build_strategies(config, source).items():
         if method.pooled:

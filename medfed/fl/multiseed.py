@@ -1,0 +1,79 @@
+"""Multi-seed runs: every method of an experiment under each of several seeds, on one loaded federation.
+
+Run directory ``<out>/<experiment name>/``::
+
+    config.yaml       the resolved experiment config, with its ``seeds`` (a resume must find the same)
+    seeds.json        {"seeds": [...], "runs": {"0": "seed-0", ...}}
+    seed-<s>/         a complete single-seed run directory (``config.yaml`` with ``seed: s``, runs/, predictions/,
+                      metrics.csv, ...), exactly what ``medfed run`` writes for a config with ``seed: s``
+    metrics.csv       every seed's metrics.csv with a leading ``seed`` column
+    summary.csv       the primary test metric per site and method: mean and SD over seeds (``0.812 ± 0.013``)
+
+A seed changes the model initialisation, the site sampling and local training order, and, when the config's
+partitioner has no fixed ``partition.seed``, the partition itself. The federation (files, decoded-image caches) is
+loaded once and shared by every seed, so N seeds cost about N single runs of training, not N loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from medfed.fl.config import ExperimentConfig
+from medfed.fl.names import REPORT_FILES, SEEDS_FILE, seed_dir_name
+from medfed.fl.experiment import ExperimentResult, check_resume_config, resolved_config, run_loaded
+from medfed.fl.summary import seed_summary_table
+from medfed.io import atomic_write_text
+from medfed.sites.federation import Federation
+
+
+def run_seeds(
+    config: ExperimentConfig,
+    config_path: Path,
+    fed_file: Path,
+    federation: Federation,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Run ``config`` once per seed of ``config.seeds`` into ``out/seed-<s>/`` and write the combined
+    ``metrics.csv`` (``seed`` column) and ``summary.csv`` (mean ± SD over seeds) in ``out``."""
+    assert config.seeds is not None
+    resolved = resolved_config(config, fed_file)
+    config_file = out / "config.yaml"
+    if resume and config_file.is_file():
+        check_resume_config(config_file, resolved)
+    else:
+        for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", SEEDS_FILE, *REPORT_FILES):
+            (out / stale).unlink(missing_ok=True)
+        for stale_dir in ("runs", "predictions", *(p.name for p in out.glob("seed-*") if p.is_dir())):
+            shutil.rmtree(out / stale_dir, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(out / SEEDS_FILE, json.dumps(
+        {"seeds": list(config.seeds), "runs": {str(s): seed_dir_name(s) for s in config.seeds}}, indent=1))
+    frames, stopped, failures, primary = [], {}, [], ""
+    for seed in config.seeds:
+        single = config.model_copy(update={"seed": seed, "seeds": None})
+        if progress:
+            print(f"[{config.name}] seed {seed} ({config.seeds.index(seed) + 1} of {len(config.seeds)})")
+        result = run_loaded(single, config_path, fed_file, federation, out / seed_dir_name(seed), resume=resume,
+                            progress=progress)
+        primary = result.primary_metric
+        if len(result.metrics):
+            frames.append(result.metrics.assign(seed=seed)[["seed", *result.metrics.columns]])
+        stopped.update({f"{label} (seed {seed})": reason for label, reason in result.stopped.items()})
+        failures += [dict(f, seed=seed) for f in result.failures]
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    atomic_write_text(out / "metrics.csv", metrics.to_csv(index=False))
+    summary = seed_summary_table(metrics, primary) if len(metrics) else pd.DataFrame()
+    atomic_write_text(out / "summary.csv", summary.rename_axis("site").reset_index().to_csv(index=False))
+    return ExperimentResult(config.name, out, metrics, summary, primary, stopped, failures)
+
+
+__all__ = ["run_seeds"]
