@@ -19,7 +19,7 @@ import pandas as pd
 from medfed import __version__
 from medfed.errors import ConfigError, DataProblems, MedfedError, Problem, errors_only
 from medfed.io import atomic_write_text
-from medfed.synth import MODALITIES, SCALES, write_federations
+from medfed.synth import GENERATORS, MODALITIES, SCALES, write_federations
 
 EXIT_PROBLEMS = 1
 LABELS_WIDTH = 48  # the validate table's labels column is cut after this many characters (`--json` has all)
@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, type=_path("dir"), help="output folder (data + sites/*.yaml configs)")
     synth.add_argument("--scale", choices=SCALES, default="demo")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--only", nargs="+", choices=MODALITIES, help="modalities to write (default: all)")
+    synth.add_argument("--only", nargs="+", choices=list(GENERATORS),
+                       help=f"federations to write (default: {', '.join(MODALITIES)})")
     synth.set_defaults(func=cmd_synth)
 
     validate = sub.add_parser("validate", help="check every case of every site; list every problem at once")

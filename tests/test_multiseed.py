@@ -11,6 +11,7 @@ import pytest
 import yaml
 from statsmodels.stats.multitest import multipletests
 
+from browser import chromium, load_in_browser
 from medfed.cli import build_parser
 from medfed.errors import ConfigError
 from medfed.fl.config import load_experiment, run_order
@@ -218,3 +219,12 @@ def test_no_effect_gives_no_difference_and_different_cases_are_resampled_indepen
     assert (auroc["ci_low"] == 0).all() and (auroc["ci_high"] == 0).all() and (auroc["seeds_above_zero"] == 0).all()
     shifted = across_seeds({0: analyse(_run(0, 1.0), options), 1: analyse(_run(1, 1.0, ids_offset=100), options)})
     assert set(shifted["case_sets"].dropna()) == {"differ by seed"}
+
+
+def test_across_seed_page_renders_in_headless_chromium(two_seed_run, tmp_path):
+    _, _, result = two_seed_run
+    report = write_report([result.out], options=ReportOptions(n_resamples=200))
+    dom, problems = load_in_browser(chromium(), report.html, tmp_path / "seeds.png")
+    assert problems == []
+    assert "Federated learning report across seeds" in dom and "seed-averaged" in dom
+    assert (tmp_path / "seeds.png").stat().st_size > 0

@@ -107,6 +107,7 @@ class SiteSpec:
     # patientNNNNN folder), "file_name" (Kermany names: person12_..., IM-0012-...)
     grouping: str = "column"
     resolving: float = 0.3  # chance that a positive patient's follow-up reads uncertain (resolving), and stays so
+    opacity_scale: float = 1.0  # multiplies every image's opacity strength: below 1, a subtler finding
 
 
 SITES: tuple[SiteSpec, ...] = (
@@ -485,7 +486,7 @@ def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
             anatomies[case.patient] = draw_anatomy(rng_for(seed, MODALITY, spec.name, "patient", case.patient,
                                                            "anatomy"), spec.pediatric)
         rng = rng_for(seed, MODALITY, spec.name, case.index, "pixels")
-        strength = opacity_strength(rng, case.pneumonia)
+        strength = spec.opacity_scale * opacity_strength(rng, case.pneumonia)
         density = render_chest(rng, shape, pediatric=spec.pediatric, pneumonia=strength,
                                cardiomegaly=bool(case.cardiomegaly), anatomy=anatomies[case.patient])
         signal = acquire(rng, density, spec)
@@ -504,9 +505,9 @@ def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
         pd.DataFrame(rows).to_csv(site_dir / "labels.csv", index=False, lineterminator="\n")
 
 
-def site_source(spec: SiteSpec, image_size: int, uncertain: str) -> dict[str, object]:
-    """The ``sources`` entry of one site (paths relative to ``out/sites/``)."""
-    source: dict[str, object] = {"name": spec.name, "root": f"../{MODALITY}/{spec.name}"}
+def site_source(spec: SiteSpec, image_size: int, uncertain: str, folder: str = MODALITY) -> dict[str, object]:
+    """The ``sources`` entry of one site (paths relative to ``out/sites/``; its images under ``out/<folder>/``)."""
+    source: dict[str, object] = {"name": spec.name, "root": f"../{folder}/{spec.name}"}
     if spec.storage == "class_folders":
         source.update({"layout": "class_folders", "population": "pediatric"})
     else:
