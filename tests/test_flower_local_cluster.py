@@ -7,8 +7,10 @@ Runs tests/flower_echo_app through ``flwr run`` against a
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from medfed.integrations.flower.local_cluster import (
     SUPERNODE_BIN,
     LocalCluster,
     find_binary,
+    with_interpreter_bin_first,
     flower_cli_available,
     free_port,
 )
@@ -39,7 +42,12 @@ def _echo_config(out: Path, **overrides: object) -> dict:
     return cfg
 
 
-def test_three_supernodes_echo_site_index(tmp_path: Path) -> None:
+def test_three_supernodes_echo_site_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as from an environment that is not activated: no folder on PATH holds Flower's flower-superexec (the cluster
+    # puts the interpreter's bin folder first on its processes' PATH)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                               if not (Path(p) / "flower-superexec").exists()))
+    assert shutil.which("flower-superexec") is None
     out = tmp_path / "echo.json"
     t0 = time.monotonic()
     with LoopbackWatch() as network, LocalCluster([{"site-index": i} for i in range(3)],
@@ -137,3 +145,11 @@ def test_tls_and_supernode_authentication_admit_registered_nodes_only(tmp_path: 
     assert data["values"] == [0, 1] and data["missing"] == [] and data["errors"] == {}
     assert cluster.processes_alive() == []
     assert network.listening and network.outside() == []
+
+
+def test_child_processes_find_the_interpreters_bin_folder_first(tmp_path: Path) -> None:
+    bin_dir = str(Path(sys.executable).parent)
+    assert with_interpreter_bin_first("/usr/bin:/bin").split(os.pathsep) == [bin_dir, "/usr/bin", "/bin"]
+    assert with_interpreter_bin_first(f"/usr/bin:{bin_dir}").split(os.pathsep) == [bin_dir, "/usr/bin"]
+    env = LocalCluster([{"site-index": 0}], log_dir=tmp_path / "logs").process_env(tmp_path / "home")
+    assert env["PATH"].split(os.pathsep)[0] == bin_dir

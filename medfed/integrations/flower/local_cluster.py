@@ -190,6 +190,12 @@ def short_temp_dir(prefix: str = "mfr") -> str:
     return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
+def with_interpreter_bin_first(path: str) -> str:
+    """``path`` (a ``PATH`` value) with the running interpreter's folder first and not repeated."""
+    first = str(Path(sys.executable).parent)
+    return os.pathsep.join([first, *[p for p in path.split(os.pathsep) if p and p != first]])
+
+
 def find_binary(name: str) -> str | None:
     """Prefer the executable next to this interpreter (same environment)."""
     candidate = Path(sys.executable).parent / name
@@ -543,10 +549,13 @@ class LocalCluster:
 
     def process_env(self, home: Path) -> dict[str, str]:
         """The environment of this cluster's Flower processes (no telemetry, no update check, no proxy for
-        loopback, ``extra_env``), with ``FLWR_HOME`` = ``home`` (created)."""
+        loopback, ``extra_env``), with ``FLWR_HOME`` = ``home`` (created) and this interpreter's ``bin`` folder
+        first on ``PATH``: Flower starts ``flower-superexec`` and its app processes through ``PATH``, which lacks
+        the environment's ``bin`` when it is not activated (``venv/bin/medfed run --engine flower``)."""
         env = dict(os.environ)
         env.update(_BASE_ENV)
         env.update(self.extra_env)
+        env["PATH"] = with_interpreter_bin_first(env.get("PATH", ""))
         env["FLWR_HOME"] = str(home)
         home.mkdir(parents=True, exist_ok=True)
         return env
