@@ -228,3 +228,17 @@ def test_across_seed_page_renders_in_headless_chromium(two_seed_run, tmp_path):
     assert problems == []
     assert "Federated learning report across seeds" in dom and "seed-averaged" in dom
     assert (tmp_path / "seeds.png").stat().st_size > 0
+
+
+def test_a_multi_seed_run_killed_between_seeds_resumes_to_the_same_numbers(two_seed_run, tmp_path):
+    import shutil
+
+    root, path, result = two_seed_run
+    out = tmp_path / "out"
+    shutil.copytree(result.out, out / result.out.name)
+    shutil.rmtree(out / result.out.name / "seed-1")  # killed before the second seed started
+    (out / result.out.name / "metrics.csv").unlink()
+    resumed = run_experiment(path, out, progress=False, seeds=[0, 1], resume=True)
+    pd.testing.assert_frame_equal(pd.read_csv(resumed.out / "metrics.csv"), pd.read_csv(result.out / "metrics.csv"))
+    with pytest.raises(ConfigError, match="config changed"):  # other seeds are another experiment
+        run_experiment(path, out, progress=False, seeds=[0, 2], resume=True)
