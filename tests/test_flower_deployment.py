@@ -87,7 +87,7 @@ def test_a_supernode_killed_during_a_round_is_recorded_and_the_round_completes(h
         def run() -> None:
             outcome["result"] = cluster.run_app(
                 APP, {"experiment": str(config), "method": "fedavg", "out": str(out), "sites": ",".join(SITES),
-                      "round-timeout": 45.0, "query-timeout": 20.0}, timeout=420, check=False)
+                      "round-timeout": 90.0, "query-timeout": 60.0}, timeout=420, check=False)
 
         thread = threading.Thread(target=run)
         thread.start()
