@@ -242,3 +242,15 @@ def test_a_multi_seed_run_killed_between_seeds_resumes_to_the_same_numbers(two_s
     pd.testing.assert_frame_equal(pd.read_csv(resumed.out / "metrics.csv"), pd.read_csv(result.out / "metrics.csv"))
     with pytest.raises(ConfigError, match="config changed"):  # other seeds are another experiment
         run_experiment(path, out, progress=False, seeds=[0, 2], resume=True)
+
+
+def test_seed_summary_averages_the_unrounded_values_and_keeps_suppression():
+    from medfed.fl.summary import seed_summary_table
+
+    rows = [{"seed": s, "method": "fedavg", "model": "global", "site": site, "split": "test", "metric": "auroc",
+             "value": v, "n_cases": n, "suppressed": hidden}
+            for s, (a, b) in enumerate([(0.8004, 0.5), (0.8005, 0.6)])
+            for site, v, n, hidden in (("a", a, 40, False), ("b", b, 40 if s == 0 else "<5", s == 1))]
+    table = seed_summary_table(pd.DataFrame(rows), "auroc")
+    assert table.loc["a", "fedavg"] == "0.800 ± 0.000"  # mean 0.80045 of the unrounded values
+    assert table.loc["b", "fedavg"] == "n<5"  # suppressed in one seed: suppressed in the summary

@@ -99,13 +99,13 @@ def check_resume_config(config_file: Path, resolved: dict[str, Any]) -> None:
         )
 
 
-def _prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
+def prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
     """Create or reuse the run directory; returns whether a previous run is being resumed."""
     config_file = out / "config.yaml"
     if resume and config_file.is_file():
         check_resume_config(config_file, resolved)
         return True
-    for stale in ("runs", "predictions"):
+    for stale in ("runs", "predictions", *(p.name for p in out.glob("seed-*") if p.is_dir())):  # and a multi-seed run's
         shutil.rmtree(out / stale, ignore_errors=True)
     for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", SEEDS_FILE, *REPORT_FILES):
         (out / stale).unlink(missing_ok=True)
@@ -260,7 +260,7 @@ def run_loaded(
     refusals += init_refusals(task, config, config_path)
     if refusals:
         raise ConfigError("\n".join(refusals))
-    resuming = _prepare_out(out, resolved_config(config, fed_file), resume)
+    resuming = prepare_out(out, resolved_config(config, fed_file), resume)
     write_sites(out / "sites.csv", federation, config.site_conditions)
     if partition is not None:
         write_partition(out / "partition.csv", partition)

@@ -17,15 +17,13 @@ loaded once and shared by every seed, so N seeds cost about N single runs of tra
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from medfed.fl.config import ExperimentConfig
-from medfed.fl.names import REPORT_FILES, SEEDS_FILE, seed_dir_name
-from medfed.fl.experiment import ExperimentResult, check_resume_config, resolved_config, run_loaded
+from medfed.fl.names import SEEDS_FILE, seed_dir_name
+from medfed.fl.experiment import ExperimentResult, prepare_out, resolved_config, run_loaded
 from medfed.fl.summary import seed_summary_table
 from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation
@@ -44,17 +42,7 @@ def run_seeds(
     """Run ``config`` once per seed of ``config.seeds`` into ``out/seed-<s>/`` and write the combined
     ``metrics.csv`` (``seed`` column) and ``summary.csv`` (mean ± SD over seeds) in ``out``."""
     assert config.seeds is not None
-    resolved = resolved_config(config, fed_file)
-    config_file = out / "config.yaml"
-    if resume and config_file.is_file():
-        check_resume_config(config_file, resolved)
-    else:
-        for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", SEEDS_FILE, *REPORT_FILES):
-            (out / stale).unlink(missing_ok=True)
-        for stale_dir in ("runs", "predictions", *(p.name for p in out.glob("seed-*") if p.is_dir())):
-            shutil.rmtree(out / stale_dir, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
+    prepare_out(out, resolved_config(config, fed_file), resume)  # the same layout checks as a single-seed run
     atomic_write_text(out / SEEDS_FILE, json.dumps(
         {"seeds": list(config.seeds), "runs": {str(s): seed_dir_name(s) for s in config.seeds}}, indent=1))
     frames, stopped, failures, primary = [], {}, [], ""

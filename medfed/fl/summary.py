@@ -36,30 +36,22 @@ def _cell(row: Mapping) -> str:
 
 def seed_summary_table(metrics: pd.DataFrame, metric: str, split: str = "test") -> pd.DataFrame:
     """:func:`summary_table` over the seeds of ``metrics`` (a ``seed`` column): each cell is the mean and sample SD
-    over the seeds with a value, ``"0.812 ± 0.013"`` (the mean alone for one seed); a site suppressed in any seed
-    keeps its suppression marker."""
-    tables = {seed: summary_table(group, metric, split) for seed, group in metrics.groupby("seed", sort=True)}
-    first = next(iter(tables.values()))
-    out = pd.DataFrame(index=first.index, columns=first.columns, dtype=object)
-    for site in first.index:
-        for method in first.columns:
-            cells = [str(t.loc[site, method]) if site in t.index and method in t.columns else "" for t in tables.values()]
-            values = [float(c) for c in cells if _is_number(c)]
-            marked = [c for c in cells if c and not _is_number(c)]
-            if marked:
-                out.loc[site, method] = marked[0]
-            elif values:
-                mean = sum(values) / len(values)
-                sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
-                out.loc[site, method] = f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+    over the seeds with a value, ``"0.812 ± 0.013"`` (the mean alone for one seed), from the unrounded values; a
+    site suppressed in any seed keeps its suppression marker."""
+    rows = metrics[(metrics["metric"] == metric) & (metrics["split"] == split)]
+    cells: dict[str, dict[str, str]] = {}
+    for method, group in rows.groupby("method", sort=False):
+        deployed = group[group["model"] == deployed_model(group["model"].unique().tolist())]
+        for site, part in deployed.groupby("site", sort=False):
+            hidden = part[part["suppressed"].astype(bool)]
+            values = pd.to_numeric(part["value"], errors="coerce").dropna()
+            if len(hidden):
+                cell = _cell(hidden.iloc[0])
+            elif len(values):
+                cell = f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
             else:
-                out.loc[site, method] = ""
-    return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return text != "nan"
+                cell = "nan"
+            cells.setdefault(str(method), {})[str(site)] = cell
+    table = pd.DataFrame(cells)
+    sites = [s for s in table.index if s != POOLED] + ([POOLED] if POOLED in table.index else [])
+    return table.loc[sites].fillna("")
