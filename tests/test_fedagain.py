@@ -274,16 +274,16 @@ def test_server_benchmark_cases_leave_their_sites_and_conditions_are_reported(tm
     config = _experiment(tmp_path, stones, server_benchmark={"cases": 5},
                          site_conditions={"dataset-b": {"corruption": {"type": "fog", "severity": 4},
                                                         "adversary": {"kind": "scaled", "factor": 3}}})
-    import medfed.fl.experiment as experiment
+    from medfed.fl.ledger import RunDirectory
 
     kept: dict[str, int] = {}  # cases left at each site (sites.json may hide small totals: disclosure control)
-    write_sites = experiment.write_sites
+    write_sites = RunDirectory.write_sites
 
-    def recording(path, federation, *args, **kwargs):
+    def recording(self, federation, *args, **kwargs):
         kept.update({site.name: len(site) for site in federation})
-        return write_sites(path, federation, *args, **kwargs)
+        return write_sites(self, federation, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "write_sites", recording)
+    monkeypatch.setattr(RunDirectory, "write_sites", recording)
     result = run_experiment(config, tmp_path / "out", progress=False)
     sites = json.loads((result.out / "sites.json").read_text())
     original = {s.name: len(s) for s in load_federation(stones)}

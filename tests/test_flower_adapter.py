@@ -10,12 +10,9 @@ depends only on (seed, round, site), weights travel as exact float32, numbers as
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
-import uuid
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +23,18 @@ import yaml
 
 flwr_app = pytest.importorskip("flwr.app")
 
+from fake_grid import (
+    NODES,
+    SITES,
+    FakeGrid,
+    Interrupted,
+    flower_server_identity,
+    node_configs,
+    settings,
+    wire_round_trip,
+)
 from flower_support import write_hospitals
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from medfed.fl.checkpoint import load_checkpoint
 from medfed.fl.config import load_experiment
@@ -42,18 +44,12 @@ from medfed.fl.strategies import build_strategy
 from medfed.fl.weights import get_weights, layout_of
 from medfed.integrations.flower import client as flower_client
 from medfed.integrations.flower import messages as wire
-from medfed.integrations.flower.app import client_app
-from medfed.integrations.flower.server import (
-    MedfedStrategy,
-    ServerSettings,
-    run_flower_method,
-)
+from medfed.integrations.flower.server import MedfedStrategy, ServerSettings
+from medfed.integrations.flower.server_run import run_flower_method
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites import load_federation
 from medfed.tasks import build_task
 from medfed.tasks.classification import ClassificationTask
-
-SITES = ["adult-a", "adult-b", "adult-c"]
 
 
 @functools.cache
@@ -64,99 +60,18 @@ def train_sizes() -> dict[str, int]:
     with tempfile.TemporaryDirectory() as folder:
         federation = load_federation(write_hospitals(Path(folder))["federation"])
         return {site.name: len(site.split("train")) for site in federation}
-NODES = {101: "adult-a", 202: "adult-b", 303: "adult-c"}  # node ids are Flower's, unrelated to site order
+
+
 METHODS = ["fedavg", {"strategy": "fedprox", "proximal_mu": 0.1}, {"strategy": "fedagain", "reliability": "client"},
            "scaffold", "local_only", {"strategy": "fedld", "margin_lambda": 0.05}]
 LABELS = ["fedavg", "fedprox", "fedagain", "scaffold", "local_only", "fedld"]
 APP_DIR = Path(__file__).resolve().parents[1] / "medfed" / "integrations" / "flower"
 
 
-class Interrupted(Exception):
-    """The ServerApp process dies (a kill, a power cut) in the middle of a round."""
-
-
-def _wire(content: RecordDict) -> RecordDict:
-    """``content`` after a trip through Flower's protobuf wire format (bytes)."""
-    return recorddict_from_proto(ProtoRecordDict.FromString(recorddict_to_proto(content).SerializeToString()))
-
-
-class FakeGrid(Grid):
-    """The Grid a ServerApp gets, with the ClientApp of each node called in-process.
-
-    ``ignore``: node -> message types it never answers (a site that is down or too slow: no reply arrives);
-    ``crash``: node -> message types whose ClientApp raises (Flower then replies with an error message);
-    ``interrupt_round``: the fake raises :class:`Interrupted` when round N's train messages are sent.
-    """
-
-    def __init__(self, node_configs: Mapping[int, dict[str, Any]], *, ignore: Mapping[int, set[str]] | None = None,
-                 crash: Mapping[int, set[str]] | None = None, interrupt_round: int | None = None) -> None:
-        self.contexts = {node: Context(run_id=1, node_id=node, node_config=dict(cfg), state=RecordDict(), run_config={})
-                         for node, cfg in node_configs.items()}
-        self.ignore = dict(ignore or {})
-        self.crash = dict(crash or {})
-        self.interrupt_round = interrupt_round
-        self.timeouts: list[float | None] = []
-        self.sent: list[Message] = []
-        self.replies: list[Message] = []
-        self._waiting: dict[str, Message] = {}
-        self._run = Run.create_empty(run_id=1)
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            ids.append(message.metadata.message_id)
-            self.sent.append(message)
-            node, kind = message.metadata.dst_node_id, message.metadata.message_type
-            if kind in self.ignore.get(node, set()):
-                continue
-            incoming = Message(_wire(message.content), metadata=copy.deepcopy(message.metadata))
-            try:
-                if kind in self.crash.get(node, set()):
-                    raise RuntimeError("the ClientApp process was killed")
-                reply = client_app(incoming, self.contexts[node])
-                reply = Message(_wire(reply.content), metadata=reply.metadata)
-            except Exception as err:  # noqa: BLE001 - what a SuperNode reports when its ClientApp raises
-                reply = Message(Error(code=2, reason=f"{type(err).__name__}: {err}"), reply_to=incoming)
-            self.replies.append(reply)
-            self._waiting[message.metadata.message_id] = reply
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._waiting.pop(i) for i in message_ids if i in self._waiting]
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        self.timeouts.append(timeout)
-        assert timeout is not None and math.isfinite(timeout), "an unbounded wait would hang on a missing site"
-        messages = list(messages)
-        if self.interrupt_round is not None and any(
-                m.metadata.message_type == "train" and m.metadata.group_id == str(self.interrupt_round) for m in messages):
-            raise Interrupted(f"killed while sending round {self.interrupt_round}")
-        return self.pull_messages(self.push_messages(messages))
-
-
-# ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(autouse=True, scope="module")
 def server_identity():
-    """What the SuperLink sets in a ServerApp process before ``main`` runs (Message() reads it)."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    with flower_server_identity():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +91,6 @@ def write_experiment(path: Path, federation: Path, methods: list, **training) ->
     }
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def node_configs(federation: Mapping[str, Path], **extra: Any) -> dict[int, dict[str, Any]]:
-    return {node: {"site-config": str(federation[site]), "site-name": site, **extra} for node, site in NODES.items()}
-
-
-def settings(experiment: Path, out: Path, method: str, **run_config: Any) -> ServerSettings:
-    return ServerSettings.from_run_config({"experiment": str(experiment), "method": method, "out": str(out),
-                                           "sites": ",".join(SITES), "round-timeout": 30.0, "query-timeout": 5.0,
-                                           "connect-timeout": 5.0, **run_config})
 
 
 def assert_identical(a: Any, b: Any) -> None:
@@ -243,7 +148,7 @@ def test_weights_diagnostics_configs_and_tables_round_trip_exactly():
     weights = get_weights(model)
     weights[:4] = [np.float32(1e-45), -0.0, np.float32(3.4028235e38), np.float32(np.pi)]  # denormal, -0, max
     for record in (wire.weights_to_arrays(weights, layout), wire.weights_to_arrays(weights)):
-        back = wire.arrays_to_weights(_wire(RecordDict({"a": record}))["a"], layout)
+        back = wire.arrays_to_weights(wire_round_trip(RecordDict({"a": record}))["a"], layout)
         assert back.dtype == np.float32 and back.tobytes() == weights.tobytes()
     per_tensor = wire.weights_to_arrays(weights, layout)
     assert list(per_tensor) == list(model.state_dict())  # Flower-style: one array per state_dict entry
@@ -256,7 +161,7 @@ def test_weights_diagnostics_configs_and_tables_round_trip_exactly():
     numbers, text = wire.diagnostics_to_records(diagnostics)
     assert set(numbers) == {"loss", "steps", "lr", "start_loss", "norms", "counts"}  # numbers only
     assert set(text) == {"error", "stale", "sites"}  # strings and flags
-    content = _wire(RecordDict({"m": numbers, "c": text}))
+    content = wire_round_trip(RecordDict({"m": numbers, "c": text}))
     back = wire.diagnostics_from_records(content.metric_records["m"], content.config_records["c"])
     assert math.isnan(back.pop("start_loss"))
     assert back == {k: v for k, v in diagnostics.items() if k not in ("start_loss", "skipped")}
@@ -267,14 +172,14 @@ def test_weights_diagnostics_configs_and_tables_round_trip_exactly():
     train = wire.TrainConfig(round=4, seed=2**40 + 3, site="adult-b", method="fedprox", strategy="fedprox",
                              task={"kind": "classification", "labels": ["Pneumonia"]}, epochs=3, max_steps=5,
                              start_loss=True, strategy_params={"proximal_mu": 0.1})
-    assert wire.TrainConfig.from_record(_wire(RecordDict({"c": train.to_record()}))["c"]) == train
+    assert wire.TrainConfig.from_record(wire_round_trip(RecordDict({"c": train.to_record()}))["c"]) == train
     assert train.train_seed == derive_seed(2**40 + 3, "train", 4, "adult-b")
     evaluation = wire.EvalConfig(round=2, site="adult-a", method="local_only", task={"kind": "classification"},
                                  models=("local:adult-a", "local:adult-b"), final=True)
-    assert wire.EvalConfig.from_record(_wire(RecordDict({"c": evaluation.to_record()}))["c"]) == evaluation
+    assert wire.EvalConfig.from_record(wire_round_trip(RecordDict({"c": evaluation.to_record()}))["c"]) == evaluation
 
     state = {"c": np.random.default_rng(0).normal(size=7), "c_sites": {"adult-a": np.ones(7, np.float32)}}
-    arrays = _wire(RecordDict({"s": wire.client_state_to_arrays("scaffold", state, "adult-a")}))["s"]
+    arrays = wire_round_trip(RecordDict({"s": wire.client_state_to_arrays("scaffold", state, "adult-a")}))["s"]
     rebuilt = wire.client_state_from_arrays("scaffold", arrays, "adult-a")
     assert rebuilt["c"].dtype == np.float64 and rebuilt["c"].tobytes() == state["c"].tobytes()
     assert rebuilt["c_sites"]["adult-a"].tobytes() == state["c_sites"]["adult-a"].tobytes()
@@ -285,7 +190,7 @@ def test_weights_diagnostics_configs_and_tables_round_trip_exactly():
                             "suppressed": [True, False, True], "threshold": [None, None, None],
                             "n_cases": pd.Series([3, "<5", 7], dtype=object)})
     records["case_id"] = records["case_id"].astype("str")
-    reply = _wire(wire.evaluate_reply_content("adult-a", wire.EVAL_RECORDS, [records, records.iloc[:0]]))
+    reply = wire_round_trip(wire.evaluate_reply_content("adult-a", wire.EVAL_RECORDS, [records, records.iloc[:0]]))
     parsed = wire.parse_evaluate_reply(reply)
     pd.testing.assert_frame_equal(parsed.tables[0], records)
     assert parsed.tables[0].to_csv(index=False) == records.to_csv(index=False)

@@ -25,7 +25,8 @@ from medfed.cli import main
 from medfed.errors import DataProblems, MedfedError
 from medfed.fl import runner as runner_module
 from medfed.fl.experiment import run_experiment
-from medfed.fl.runner import REPEATED_FAILURE_ROUNDS, FailureStreaks, MethodRunner
+from medfed.fl.ledger import REPEATED_FAILURE_ROUNDS, FailureStreaks
+from medfed.fl.runner import MethodRunner
 from medfed.fl.strategies.centralised import POOLED
 from medfed.sites import load_federation
 from medfed.sites.brats import FILES

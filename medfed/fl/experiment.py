@@ -1,14 +1,7 @@
 """Run one experiment config: every method on one federation, then the cross-site evaluation.
 
-Run directory ``<out>/<experiment name>/``::
-
-    config.yaml            resolved experiment config (what ran; a resume must match it)
-    sites.csv              per-site case counts (suppressed below min_count)
-    sites.json             per-site summaries for the report: splits, labels, metadata (suppressed), min_count
-    runs/<method>/         checkpoints/last.pt and rounds.jsonl of each method
-    predictions/<method>.csv   per-case records of every final model on every site's val and test split
-    metrics.csv            method, model, site (or pooled), split, metric, value, n_cases, suppressed
-    summary.csv            the printed summary: primary metric on test, sites x methods
+It writes the run directory ``<out>/<experiment name>/`` through the run ledger (layout in
+:mod:`medfed.fl.ledger.run_dir`; each method's checkpoint and round log in :mod:`medfed.fl.ledger.rounds`).
 
 Every final model is evaluated on every site (the cross-site matrix) and on the pooled test set. For
 local-only, the model ``own`` stands for "each site's own local model on its own cases".
@@ -16,15 +9,12 @@ local-only, the model ``own`` stands for "each site's own local model on its own
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
@@ -33,7 +23,6 @@ from medfed.errors import ConfigError, DataProblems, MedfedError, errors_only
 from medfed.fl.config import (
     DEMO_PREFIX,
     ExperimentConfig,
-    SiteConditions,
     build_strategies,
     check_seeds,
     federation_path,
@@ -41,8 +30,8 @@ from medfed.fl.config import (
     run_order,
 )
 from medfed.fl.evaluation import EvalDatasets, evaluate_models, metric_table
-from medfed.fl.names import REPORT_FILES, SEEDS_FILE
-from medfed.fl.runner import MethodRunner, RunStopped
+from medfed.fl.ledger import RunDirectory, RunStopped, resolved_config
+from medfed.fl.runner import MethodRunner
 from medfed.fl.scenario import (
     apply_conditions,
     identity_assignment,
@@ -51,15 +40,13 @@ from medfed.fl.scenario import (
 )
 from medfed.fl.step import mean_step_ratio
 from medfed.fl.strategies.local_only import local_key
-from medfed.fl.summary import OWN_MODEL, summary_table
-from medfed.io import atomic_write_text
+from medfed.fl.summary import OWN_MODEL
 from medfed.partition import (
     dirichlet_label_skew,
     iid,
     quantity_skew,
     read_partition,
     site_names,
-    write_partition,
 )
 from medfed.sites.federation import Federation, load_federation
 from medfed.sites.partitioned import repartition
@@ -76,42 +63,6 @@ class ExperimentResult:
     primary_metric: str
     stopped: dict[str, str] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolved_config(config: ExperimentConfig, federation_file: Path) -> dict[str, Any]:
-    data = config.model_dump(mode="json")
-    data["federation_file"] = str(federation_file)
-    return data
-
-
-def check_resume_config(config_file: Path, resolved: dict[str, Any]) -> None:
-    """A resumed run must find the same resolved config in its run directory; an unreadable or changed
-    ``config.yaml`` is a :class:`ConfigError` naming the file (both engines call this)."""
-    try:
-        previous = yaml.safe_load(config_file.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{config_file}: the run directory's config cannot be read ({type(err).__name__}); "
-                          "run without --resume to start again, or use another --out") from None
-    if previous != resolved:
-        raise ConfigError(
-            f"{config_file}: the experiment config changed since this run started; resume needs the same "
-            "config (run without --resume to start again, or use another --out)"
-        )
-
-
-def prepare_out(out: Path, resolved: dict[str, Any], resume: bool) -> bool:
-    """Create or reuse the run directory; returns whether a previous run is being resumed."""
-    config_file = out / "config.yaml"
-    if resume and config_file.is_file():
-        check_resume_config(config_file, resolved)
-        return True
-    for stale in ("runs", "predictions", *(p.name for p in out.glob("seed-*") if p.is_dir())):  # and a multi-seed run's
-        shutil.rmtree(out / stale, ignore_errors=True)
-    for stale in ("metrics.csv", "summary.csv", "sites.csv", "sites.json", SEEDS_FILE, *REPORT_FILES):
-        (out / stale).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_file, yaml.safe_dump(resolved, sort_keys=False))
-    return False
 
 
 def draw_partition(config: ExperimentConfig, federation: Federation, config_dir: Path) -> pd.Series:
@@ -260,10 +211,11 @@ def run_loaded(
     refusals += init_refusals(task, config, config_path)
     if refusals:
         raise ConfigError("\n".join(refusals))
-    resuming = prepare_out(out, resolved_config(config, fed_file), resume)
-    write_sites(out / "sites.csv", federation, config.site_conditions)
+    run_dir = RunDirectory(out)
+    resuming = run_dir.prepare(resolved_config(config, fed_file), resume)
+    run_dir.write_sites(federation, config.site_conditions)
     if partition is not None:
-        write_partition(out / "partition.csv", partition)
+        run_dir.write_partition(partition)
 
     sites = list(federation)
     names = [s.name for s in sites]
@@ -286,7 +238,7 @@ def run_loaded(
                 stopped[label] = reason
                 tqdm.write(f"[{config.name}] {reason}")
                 continue
-        runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, out / "runs" / label,
+        runner = MethodRunner(label, task, sites, strategy, config.training, config.seed, run_dir.method_dir(label),
                               eval_datasets=eval_data, progress=progress, adversaries=adversaries,
                               server_benchmark=benchmark, init=inits.get(label))
         try:
@@ -297,9 +249,9 @@ def run_loaded(
             continue
         logs[label] = result.rounds
         if label in targets:  # what the step-matched method ran with, beside its round log
-            atomic_write_text(out / "runs" / label / MATCHED_STEP_FILE, json.dumps(
-                {"matched": targets[label], "server_learning_rate": getattr(strategy, "server_learning_rate", None),
-                 "rounds_of_matched": len(logs[targets[label]])}, indent=1))
+            run_dir.write_matched_step(label, {
+                "matched": targets[label], "server_learning_rate": getattr(strategy, "server_learning_rate", None),
+                "rounds_of_matched": len(logs[targets[label]])})
         failures += [dict(f, method=label) for f in result.failures]
         bar = tqdm(total=len(result.models) * len(names), desc=f"{label}: evaluate", unit="site", leave=False,
                    disable=None if progress else True)  # None: off when not a terminal
@@ -308,17 +260,12 @@ def run_loaded(
         if any(m == local_key(n) for m in result.models for n in names):
             own = pd.concat([records[(records["model"] == local_key(n)) & (records["site"] == n)] for n in names])
             records = pd.concat([records, own.assign(model=OWN_MODEL)], ignore_index=True)
-        _write_csv(out / "predictions" / f"{label}.csv", records)
+        run_dir.write_predictions(label, records)
         frames[label] = metric_table(task, records, label, min_counts, pooled_min)
     ordered = [frames[m.label] for m in config.methods if m.label in frames]  # the config's order, as before
     metrics = pd.concat(ordered, ignore_index=True) if ordered else pd.DataFrame()
-    _write_csv(out / "metrics.csv", metrics)
-    summary = summary_table(metrics, task.primary_metric) if len(metrics) else pd.DataFrame()
-    _write_csv(out / "summary.csv", summary.rename_axis("site").reset_index())
+    summary = run_dir.write_results(metrics, task.primary_metric)
     return ExperimentResult(config.name, out, metrics, summary, task.primary_metric, stopped, failures)
-
-
-MATCHED_STEP_FILE = "matched_step.json"
 
 
 def matched_strategy(config: ExperimentConfig, label: str, target: str, logs: Mapping[str, list[dict[str, Any]]],
@@ -350,35 +297,3 @@ def uses_demo(config_path: Path | str) -> str | None:
 
     federation = str(read_yaml(config_path).get("federation", ""))
     return federation[len(DEMO_PREFIX):] if federation.startswith(DEMO_PREFIX) else None
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False))
-
-
-def describe_conditions(spec: SiteConditions) -> str:
-    """``"corruption motion_blur severity 3 on 100% of train; adversary forger (claimed_examples 60)"``."""
-    parts = []
-    if spec.corruption is not None:
-        c = spec.corruption
-        parts.append(f"corruption {c.type} severity {c.severity} on {c.fraction:.0%} of {'/'.join(c.splits)}")
-    if spec.adversary is not None:
-        options = spec.adversary.model_dump(exclude_unset=True, exclude={"kind"})
-        detail = ", ".join(f"{k} {v}" for k, v in options.items())
-        parts.append(f"adversary {spec.adversary.kind}" + (f" ({detail})" if detail else ""))
-    return "; ".join(parts) or "none"
-
-
-def write_sites(path: Path, federation: Federation, conditions: Mapping[str, SiteConditions]) -> None:
-    """``sites.csv`` (counts per split) and ``sites.json`` (whole summaries, with simulated conditions); all
-    counts already suppressed."""
-    rows, summaries = [], []
-    for site in federation:
-        summary = site.summary()
-        rows.append({"site": site.name, "cases": summary["cases"], **summary["splits"],
-                     "split_unit": summary["split_unit"], "groups": summary["groups"],
-                     **{f"groups_{split}": n for split, n in summary["groups_per_split"].items()}})
-        extra = {"conditions": describe_conditions(conditions[site.name])} if site.name in conditions else {}
-        summaries.append({**summary, "min_count": site.min_count, **extra})
-    _write_csv(path, pd.DataFrame(rows))
-    atomic_write_text(path.with_suffix(".json"), json.dumps(summaries, indent=1))

@@ -16,16 +16,15 @@ loaded once and shared by every seed, so N seeds cost about N single runs of tra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from medfed.fl.config import ExperimentConfig
-from medfed.fl.names import SEEDS_FILE, seed_dir_name
-from medfed.fl.experiment import ExperimentResult, prepare_out, resolved_config, run_loaded
+from medfed.fl.experiment import ExperimentResult, run_loaded
+from medfed.fl.ledger import RunDirectory, resolved_config
+from medfed.fl.names import seed_dir_name
 from medfed.fl.summary import seed_summary_table
-from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation
 
 
@@ -42,9 +41,9 @@ def run_seeds(
     """Run ``config`` once per seed of ``config.seeds`` into ``out/seed-<s>/`` and write the combined
     ``metrics.csv`` (``seed`` column) and ``summary.csv`` (mean ± SD over seeds) in ``out``."""
     assert config.seeds is not None
-    prepare_out(out, resolved_config(config, fed_file), resume)  # the same layout checks as a single-seed run
-    atomic_write_text(out / SEEDS_FILE, json.dumps(
-        {"seeds": list(config.seeds), "runs": {str(s): seed_dir_name(s) for s in config.seeds}}, indent=1))
+    run_dir = RunDirectory(out)
+    run_dir.prepare(resolved_config(config, fed_file), resume)  # the same layout checks as a single-seed run
+    run_dir.write_seed_runs(config.seeds)
     frames, stopped, failures, primary = [], {}, [], ""
     for seed in config.seeds:
         single = config.model_copy(update={"seed": seed, "seeds": None})
@@ -58,9 +57,7 @@ def run_seeds(
         stopped.update({f"{label} (seed {seed})": reason for label, reason in result.stopped.items()})
         failures += [dict(f, seed=seed) for f in result.failures]
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    atomic_write_text(out / "metrics.csv", metrics.to_csv(index=False))
-    summary = seed_summary_table(metrics, primary) if len(metrics) else pd.DataFrame()
-    atomic_write_text(out / "summary.csv", summary.rename_axis("site").reset_index().to_csv(index=False))
+    summary = run_dir.write_results(metrics, primary, summarise=seed_summary_table)
     return ExperimentResult(config.name, out, metrics, summary, primary, stopped, failures)
 
 

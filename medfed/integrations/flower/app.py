@@ -77,7 +77,7 @@ from medfed.integrations.flower.client import (
     handle_query,
     handle_train,
 )
-from medfed.integrations.flower.server import run_server
+from medfed.integrations.flower.server_run import run_server
 
 server_app = ServerApp()
 client_app = ClientApp()

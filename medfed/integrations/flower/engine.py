@@ -69,7 +69,7 @@ from medfed.fl.config import (
 )
 from medfed.fl.experiment import ExperimentResult, check_federation, init_refusals
 from medfed.fl.names import REPORT_FILES
-from medfed.fl.runner import ROUNDS_LOG
+from medfed.fl.ledger import CHECKPOINT, ROUNDS_LOG
 from medfed.fl.summary import summary_table
 from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation, load_federation
@@ -99,7 +99,7 @@ class FlowerTimeout(FlowerEngineError, TimeoutError):
 # ----------------------------------------------------------------------------- checks
 def flower_refusals(config: ExperimentConfig, source: str) -> list[str]:
     """Why the Flower App cannot train ``config`` (empty: it can); the ServerApp's own checks, all at once."""
-    from medfed.integrations.flower.server import check_flower_experiment
+    from medfed.integrations.flower.server_run import check_flower_experiment
 
     refusals: list[str] = []
     try:
@@ -298,7 +298,7 @@ def _stopped_reason(label: str, run_dir: Path, log: list[dict[str, Any]], output
         rnd = int(last["round"])
         return (f"{label}, round {rnd}: only {len(last.get('completed', []))} of the {len(last.get('sampled', []))} "
                 f"sampled site(s) returned an update; stopped, keeping rounds 1-{rnd - 1} "
-                f"(checkpoint {run_dir / 'checkpoints' / 'last.pt'}, log {run_dir / ROUNDS_LOG})")
+                f"(checkpoint {run_dir / CHECKPOINT}, log {run_dir / ROUNDS_LOG})")
     return f"{label}: the Flower run wrote no final metrics (see {output_log})"
 
 
