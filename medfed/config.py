@@ -31,6 +31,14 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 M = TypeVar("M", bound=BaseModel)
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """``ValueError`` unless both fractions lie in ``[0, 1)`` and sum below 1."""
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction}, test={test_fraction}"
+        )
+
+
 class SplitConfig(BaseModel):
     """How each site's cases are split: seeded and stratified (see :func:`medfed.sites.splits.assign_splits`)."""
 
@@ -44,10 +52,7 @@ class SplitConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fractions_leave_training_cases(self) -> SplitConfig:
-        """``val + test`` below 1 (the rule of :func:`medfed.sites.splits.check_fractions`)."""
-        # imported here: medfed.sites' package imports this module (no SplitConfig() may be built at import)
-        from medfed.sites.splits import check_fractions
-
+        """``val + test`` below 1 (:func:`check_fractions`)."""
         check_fractions(self.val, self.test)  # its ValueError becomes a field error naming `split`
         return self
 

@@ -1,4 +1,4 @@
-"""medfed.synth.corruptions: the 16 endoscopy corruptions change images, grow with severity, are deterministic,
+"""medfed.corruptions: the 16 endoscopy corruptions change images, grow with severity, are deterministic,
 work for grey images and torch tensors; the Corrupt transform picks a deterministic fraction of the cases."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from monai.transforms import Compose, Transform
 from scipy.ndimage import gaussian_filter
 
 from medfed.seeding import derive_seed, rng_for
-from medfed.synth.corruptions import (
+from medfed.corruptions import (
     CORRUPTION_NAMES,
     CORRUPTIONS,
     SEVERITIES,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -13,11 +13,10 @@ from medfed.challenge.leaderboard_plots import (
     rank_blob_plot,
     significance_map,
 )
+from medfed.challenge.options import ScoringOptions, ScoringResult
 from medfed.challenge.robustness import Significance
 from medfed.io import atomic_write_text
 
-if TYPE_CHECKING:
-    from medfed.challenge.scoring import ScoringOptions, ScoringResult
 
 
 def _environment() -> jinja2.Environment:

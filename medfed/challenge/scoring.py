@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from medfed.challenge.case_metrics import EmptyRules
-from medfed.challenge.ranking import Ranking, rank
+from medfed.challenge.leaderboard import write_leaderboard
+from medfed.challenge.options import ScoringOptions, ScoringResult
+from medfed.challenge.ranking import rank
 from medfed.challenge.robustness import bootstrap_rankings, pairwise_significance
 from medfed.challenge.site_scoring import SiteScores, score_site
 from medfed.challenge.submissions import Submission
@@ -59,37 +60,6 @@ def ranked_metrics(records: pd.DataFrame) -> dict[str, Literal["max", "min"]]:
     """The ranked metrics present in ``records`` (Dice/HD95 per region, or Brier per finding), in order."""
     names = list(dict.fromkeys(records["metric"]))
     return {name: RANKED_PREFIXES[name.split("_", 1)[0]] for name in names if name.split("_", 1)[0] in RANKED_PREFIXES}
-
-
-@dataclass
-class ScoringOptions:
-    """How to score and rank. ``missing_hd95`` is the HD95 a missing case counts as in the ranking."""
-
-    split: str = "test"
-    ranking: Literal["fets2", "fets1", "aggregate"] = "fets2"
-    rules: EmptyRules = field(default_factory=EmptyRules)
-    missing_dice: float = 0.0
-    missing_hd95: float = 1000.0
-    n_resamples: int = 1000
-    seed: int = 0
-    alpha: float = 0.05
-    convergence: dict[str, float] | None = None
-
-    def missing(self, metrics: Sequence[str]) -> dict[str, float]:
-        """What a missing case counts as: Dice ``missing_dice``, HD95 ``missing_hd95``, Brier 1 (its maximum)."""
-        fixed = {"Dice": self.missing_dice, "HD95": self.missing_hd95, "Brier": 1.0}
-        return {name: fixed[name.split("_", 1)[0]] for name in metrics}
-
-
-@dataclass
-class ScoringResult:
-    out: Path
-    records: pd.DataFrame
-    ranking: Ranking
-    stability: pd.DataFrame
-    significance: pd.DataFrame
-    problems: pd.DataFrame
-    summary: dict[str, Any]
 
 
 def collect_site_scores(
@@ -145,8 +115,6 @@ def score(
     progress: bool = True,
 ) -> ScoringResult:
     """Score, rank and write the scoring directory (module docstring); returns the tables."""
-    from medfed.challenge.leaderboard import write_leaderboard
-
     options = options or ScoringOptions()
     teams = [s.team for s in submissions]
     if options.ranking == "fets1":

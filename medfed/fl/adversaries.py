@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 
 from medfed.fl.weights import get_weights, model_divergence, set_weights
 from medfed.seeding import rng_for
-from medfed.tasks.base import LocalHook, Task
+from medfed.fl.protocols import ClientHook
+from medfed.tasks.base import Task
 
 
 class AdversaryConfig(BaseModel):
@@ -101,7 +102,7 @@ class HonestUpdate(Adversary):
         return context.honest_weights
 
 
-class _LossAscent(LocalHook):
+class _LossAscent(ClientHook):
     """Adds ``-2 x task loss`` to each step, so the optimiser minimises ``-loss`` (gradient ascent)."""
 
     def output_penalty(self, task: Task, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

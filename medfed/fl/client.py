@@ -1,4 +1,4 @@
-"""Client-side algorithm hooks, run inside a task's local training (see :class:`medfed.tasks.base.LocalHook`)."""
+"""Client-side algorithm hooks, run inside a task's local training (see :class:`medfed.fl.protocols.ClientHook`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from medfed.tasks.base import LocalHook, Task
+from medfed.fl.protocols import ClassifierView, ClientHook
 
 
-class ProximalTerm(LocalHook):
+class ProximalTerm(ClientHook):
     """FedProx's ``(mu / 2) * ||w - w_start||^2`` over the trainable parameters (Li et al., MLSys 2020).
 
     ``w_start`` is a snapshot of the model's parameters when the hook is built (the global model the
@@ -27,7 +27,7 @@ class ProximalTerm(LocalHook):
         return 0.5 * self.mu * squared  # type: ignore[return-value]
 
 
-class GradientCorrection(LocalHook):
+class GradientCorrection(ClientHook):
     """Adds a fixed vector to every parameter's gradient before each optimiser step: SCAFFOLD's
     ``g_i(y) - c_i + c`` (Karimireddy et al., ICML 2020, Algorithm 1, line 10); ``corrections`` are
     ``c - c_i``, one tensor per trainable parameter in ``model.parameters()`` order."""
@@ -42,7 +42,7 @@ class GradientCorrection(LocalHook):
                 param.grad.add_(correction.to(param.grad.dtype))
 
 
-class MarginControl(LocalHook):
+class MarginControl(ClientHook):
     """FedLD's margin control regularisation (Zeng et al., MICCAI 2024, "Tackling data heterogeneity in
     federated learning via loss decomposition"): ``lambda * log(1 + ||P||_F^2)`` added to the task loss,
     where ``P`` stacks the class-probability vectors of the batch (the Frobenius norm is over the whole
@@ -56,6 +56,6 @@ class MarginControl(LocalHook):
     def __init__(self, margin_lambda: float) -> None:
         self.margin_lambda = float(margin_lambda)
 
-    def output_penalty(self, task: Task, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def output_penalty(self, task: ClassifierView, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         probabilities = task.class_probabilities(outputs, batch)
         return self.margin_lambda * torch.log1p((probabilities**2).sum())

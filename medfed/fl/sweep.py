@@ -31,7 +31,7 @@ from medfed.config import read_yaml, resolve_path, validate_model
 from medfed.errors import ConfigError
 from medfed.fl.config import resolve_init
 from medfed.io import atomic_write_text
-from medfed.synth.corruptions import CORRUPTION_NAMES
+from medfed.corruptions import CORRUPTION_NAMES
 
 
 class SweepConfig(BaseModel):

@@ -5,7 +5,7 @@ reading and checking back to it (files are still read only by their own adapter)
 
 ``corruption``
     a fraction of the cases of some splits (default: training only) is corrupted by one of the endoscopy
-    corruptions of :mod:`medfed.synth.corruptions` after the site's own transform; which cases, and their
+    corruptions of :mod:`medfed.corruptions` after the site's own transform; which cases, and their
     pixels, are fixed by ``(seed, corruption, case id)``, so every epoch and every run sees the same images.
     With ``fraction: 1`` this is the FedAgain papers' "client with persistent corrupted data" (data poisoning).
 ``label_flip``
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medfed.errors import ConfigError, Problem
 from medfed.sites.base import SPLITS, Site
-from medfed.synth.corruptions import Corrupt, check_name
+from medfed.corruptions import Corrupt, check_name
 
 
 class CorruptionConfig(BaseModel):

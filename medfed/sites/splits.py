@@ -9,15 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medfed.config import check_fractions
+
 SPLITS = ("train", "val", "test")
-
-
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """``ValueError`` unless both fractions lie in ``[0, 1)`` and sum below 1."""
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(
-            f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction}, test={test_fraction}"
-        )
 
 
 def assign_splits(

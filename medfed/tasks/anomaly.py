@@ -10,7 +10,7 @@ Reyes-Amezcua et al. 2025 (arXiv 2510.06230). What is anomalous (``target``):
 ``corruption`` (the papers' setting)
     every training case is normal; each evaluated case appears twice, clean (target 0, its own case id)
     and corrupted (target 1, id ``<case_id>~<corruption>``) by one of ``test_corruption.types`` (drawn per
-    case, seeded) at ``test_corruption.severity`` (:mod:`medfed.synth.corruptions`). The two copies of a
+    case, seeded) at ``test_corruption.severity`` (:mod:`medfed.corruptions`). The two copies of a
     case are resampled as separate records by the report's bootstrap.
 
 Threshold policy (chosen on validation records, per evaluated site and model; the papers pick Youden's J
@@ -44,7 +44,7 @@ from medfed.errors import Problem
 from medfed.metrics import auroc, confusion_metrics
 from medfed.seeding import derive_seed
 from medfed.sites.base import Site
-from medfed.synth.corruptions import CORRUPTION_NAMES, Corrupt, check_name
+from medfed.corruptions import CORRUPTION_NAMES, Corrupt, check_name
 from medfed.tasks.base import Task, TaskConfigBase, records_frame
 from medfed.tasks.models import build_network
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -64,21 +64,19 @@ class TaskConfigBase(BaseModel):
     finetune: FinetuneConfig = FinetuneConfig()
 
 
-class LocalHook:
-    """Something a strategy runs inside a client's local training (default: nothing).
+class LocalHook(Protocol):
+    """What a task's training loop calls on each hook a strategy hands it (e.g. FedProx's proximal term, FedLD's
+    margin control; their base class with no-op defaults is :class:`medfed.fl.protocols.ClientHook`).
 
     ``penalty(model)`` and ``output_penalty(task, outputs, batch)`` (a term on the step's network outputs)
     are added to every step's loss; ``after_backward(model)`` may edit gradients before the optimiser step.
     """
 
-    def penalty(self, model: nn.Module) -> torch.Tensor | None:
-        return None
+    def penalty(self, model: nn.Module) -> torch.Tensor | None: ...
 
-    def output_penalty(self, task: Task, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None:
-        return None
+    def output_penalty(self, task: Task, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor | None: ...
 
-    def after_backward(self, model: nn.Module) -> None:
-        return None
+    def after_backward(self, model: nn.Module) -> None: ...
 
 
 def batch_size(batch: Any) -> int:

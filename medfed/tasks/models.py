@@ -128,8 +128,9 @@ def build_network(
 
 def load_initial_weights(model: nn.Module, init: Any, network: str) -> None:
     """``init: {path, format}`` (format ``auto``, ``dinov2``, ``monai`` or ``medfed``): pretrained encoder
-    weights from a file (:func:`medfed.ssl.checkpoints.load_encoder_checkpoint`); the head stays fresh."""
-    from medfed.ssl.checkpoints import load_encoder_checkpoint
+    weights from a file, by the ``encoder`` weight loader (:mod:`medfed.tasks.plugins`; medfed's is
+    :func:`medfed.ssl.checkpoints.load_encoder_checkpoint`); the head stays fresh."""
+    from medfed.tasks import plugins
 
     if isinstance(init, str):
         init = {"path": init}
@@ -138,4 +139,4 @@ def load_initial_weights(model: nn.Module, init: Any, network: str) -> None:
     unknown = set(init) - {"path", "format"}
     if unknown:
         raise ConfigError(f"task model {network!r}: init has unknown field(s) {sorted(unknown)} (path, format)")
-    load_encoder_checkpoint(model, init["path"], init.get("format", "auto"))
+    plugins.provider(plugins.WEIGHT_LOADERS, "encoder")(model, init["path"], init.get("format", "auto"))

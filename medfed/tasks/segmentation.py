@@ -9,7 +9,7 @@ thresholded prediction (:mod:`medfed.metrics.segmentation`).
 
 ``model: {name: nnunet, plans: nnUNetPlans.json, configuration: 3d_fullres}`` trains nnU-Net's network from
 a plans file (``medfed nnunet plan`` derives one for a federation) with nnU-Net's deep-supervised Dice + BCE
-(:mod:`medfed.integrations.nnunet.network`): volumes are resampled to the plans' spacing (images trilinear,
+(:mod:`medfed.integrations.nnunet.network`, found through :mod:`medfed.tasks.plugins`): volumes are resampled to the plans' spacing (images trilinear,
 labels nearest), training patches have the plans' patch size, inference runs a Gaussian sliding window of
 that size and resamples the logits back to each case's own grid, where the metrics are computed.
 """
@@ -34,6 +34,7 @@ from medfed.errors import ConfigError, Problem
 from medfed.metrics import dice, hausdorff95
 from medfed.metrics.segmentation import REGIONS
 from medfed.sites.base import Site
+from medfed.tasks import plugins
 from medfed.tasks.base import Task, TaskConfigBase, records_frame
 from medfed.tasks.models import build_network
 
@@ -62,14 +63,7 @@ def _nnunet_plan(config: SegmentationConfig) -> Any:
     if unknown or "plans" not in config.model:
         raise ConfigError(f"task model nnunet: needs `plans` (an nnUNetPlans.json), optional `configuration` "
                           f"(default 3d_fullres) and `init`; unknown: {unknown}")
-    try:
-        from medfed.integrations.nnunet.network import NnUNetPlan
-    except ImportError as err:
-        raise ConfigError(f"task model nnunet needs nnU-Net: pip install 'medfed[nnunet]' ({err})") from None
-    plan = NnUNetPlan.load(config.model["plans"], config.model.get("configuration", "3d_fullres"))
-    if config.patch_size and (problems := plan.patch_problems(config.patch_size)):
-        raise ConfigError("; ".join(problems))
-    return plan
+    return plugins.provider(plugins.NETWORKS, "nnunet").plan(config.model, config.patch_size)
 
 
 class _SpacingArray:
@@ -111,9 +105,7 @@ class SegmentationTask(Task):
         self.dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
         self.nnunet = _nnunet_plan(config)
         if self.nnunet is not None:
-            from medfed.integrations.nnunet.network import DeepSupervisionLoss
-
-            self.deep_supervision_loss = DeepSupervisionLoss(self.nnunet)
+            self.deep_supervision_loss = plugins.provider(plugins.NETWORKS, "nnunet").loss(self.nnunet)
 
     @property
     def patch_size(self) -> list[int] | None:
@@ -124,9 +116,8 @@ class SegmentationTask(Task):
 
     def build_model(self, seed: int) -> nn.Module:
         if self.nnunet is not None:
-            from medfed.integrations.nnunet.network import build_nnunet_network
-
-            model = build_nnunet_network(self.nnunet, self.config.in_channels, len(REGIONS), seed)
+            model = plugins.provider(plugins.NETWORKS, "nnunet").build(self.nnunet, self.config.in_channels,
+                                                                      len(REGIONS), seed)
             if self.config.model.get("init") is not None:
                 from medfed.tasks.models import load_initial_weights
 

@@ -35,6 +35,7 @@ from medfed.fl.strategies.base import Strategy
 from medfed.fl.update import ClientUpdate
 from medfed.io import jsonable
 from medfed.seeding import derive_seed
+from medfed.fl.protocols import ClientHook
 from medfed.tasks.base import LocalHook
 from medfed.text.base import Report
 from medfed.text.llm import LLMBackend
@@ -76,7 +77,7 @@ def _check_strategy(strategy: Strategy) -> None:
 
 def _check_hooks(hooks: Sequence[LocalHook], strategy: Strategy) -> None:
     for hook in hooks:
-        if type(hook).output_penalty is not LocalHook.output_penalty:
+        if type(hook).output_penalty is not ClientHook.output_penalty:
             raise MedfedError(f"federated LoRA: strategy {strategy.name}'s client hook {type(hook).__name__} "
                               "needs a task's network outputs; not supported")
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medfed.fl.update import ClientUpdate
-from medfed.tasks.base import LocalHook, Task
+from medfed.fl.protocols import ClientHook, TaskView
 
 State = dict[str, Any]
 
@@ -50,7 +50,7 @@ class Strategy(ABC):
         """Whether the server must hold a benchmark set (the experiment's ``server_benchmark``)."""
         return False
 
-    def attach_server_data(self, task: Task, model: nn.Module, benchmark: Dataset | None) -> None:
+    def attach_server_data(self, task: TaskView, model: nn.Module, benchmark: Dataset | None) -> None:
         """Called once by the runner after :meth:`prepare`: the task, a scratch model of the same layout and
         the server's own benchmark data (``None`` when the experiment gives none)."""
 
@@ -58,7 +58,7 @@ class Strategy(ABC):
         """Called once by the runner with the freshly built model, before :meth:`initial_state`; strategies
         that treat parts of the weight vector differently (FedBN) read the layout here."""
 
-    def check_task(self, task: Task) -> str | None:
+    def check_task(self, task: TaskView) -> str | None:
         """Why this strategy cannot train ``task`` (``None``: it can); checked before any training."""
         return None
 
@@ -69,7 +69,7 @@ class Strategy(ABC):
         """The weights ``site`` starts its local training from (default: the global model)."""
         return global_weights
 
-    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[LocalHook]:
+    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[ClientHook]:
         """Hooks for ``site``'s local training, built after its start weights are loaded into ``model``."""
         return []
 

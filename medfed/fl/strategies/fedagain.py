@@ -39,7 +39,7 @@ from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.strategies.fedavg import StreamingWeightedMean
 from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import layout_of, model_divergence, set_weights
-from medfed.tasks.base import Task
+from medfed.fl.protocols import TaskView
 
 EPSILON = 1e-6
 
@@ -76,7 +76,7 @@ class FedAgain(Strategy):
         self.reliability = reliability
         self.epsilon = float(epsilon)
         self.sample_weighting = bool(sample_weighting)
-        self._task: Task | None = None
+        self._task: TaskView | None = None
         self._model: nn.Module | None = None
         self._benchmark: Dataset | None = None
         self._float_mask: np.ndarray | None = None
@@ -91,7 +91,7 @@ class FedAgain(Strategy):
     def prepare(self, model: nn.Module) -> None:
         self._float_mask = layout_of(model).is_float()
 
-    def attach_server_data(self, task: Task, model: nn.Module, benchmark: Dataset | None) -> None:
+    def attach_server_data(self, task: TaskView, model: nn.Module, benchmark: Dataset | None) -> None:
         self._task, self._model, self._benchmark = task, model, benchmark
 
     # ----------------------------------------------------------------- signals

@@ -51,7 +51,7 @@ from medfed.fl.client import MarginControl
 from medfed.fl.strategies.base import State
 from medfed.fl.strategies.robust import BLOCK, AllModelsStrategy
 from medfed.fl.weights import layout_of
-from medfed.tasks.base import LocalHook, Task
+from medfed.fl.protocols import ClientHook, TaskView
 
 Variant = Literal["projection", "calibrated"]
 Weighting = Literal["equal", "examples"]
@@ -146,14 +146,14 @@ class FedLD(AllModelsStrategy):
         """The flat vector's tensor sizes, in order (``prepare`` reads them from the model)."""
         self.sizes = tuple(int(s) for s in sizes)
 
-    def check_task(self, task: Task) -> str | None:
+    def check_task(self, task: TaskView) -> str | None:
         if self.margin_lambda > 0 and task.kind != "classification":
             return (f"fedld's margin control regularises class probabilities (Zeng et al. 2024, classification); "
                     f"the {task.kind} task has none: set margin_lambda: 0 to use only the principal-gradient "
                     "aggregation")
         return None
 
-    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[LocalHook]:
+    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[ClientHook]:
         return [MarginControl(self.margin_lambda)] if self.margin_lambda > 0 else []
 
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:

@@ -14,7 +14,7 @@ from torch import nn
 from medfed.fl.client import ProximalTerm
 from medfed.fl.strategies.base import State
 from medfed.fl.strategies.fedavg import FedAvg
-from medfed.tasks.base import LocalHook
+from medfed.fl.protocols import ClientHook
 
 
 class FedProx(FedAvg):
@@ -25,7 +25,7 @@ class FedProx(FedAvg):
             raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
         self.proximal_mu = float(proximal_mu)
 
-    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[LocalHook]:
+    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[ClientHook]:
         return [ProximalTerm(model, self.proximal_mu)] if self.proximal_mu > 0 else []
 
     def params(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from medfed.fl.client import GradientCorrection
 from medfed.fl.strategies.base import State, Strategy
 from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import layout_of
-from medfed.tasks.base import LocalHook
+from medfed.fl.protocols import ClientHook
 
 
 class Scaffold(Strategy):
@@ -53,7 +53,7 @@ class Scaffold(Strategy):
     def initial_state(self, global_weights: np.ndarray, sites: Sequence[str]) -> State:
         return {"c": np.zeros(global_weights.shape, np.float64), "c_sites": {}, "sites": len(sites)}
 
-    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[LocalHook]:
+    def client_hooks(self, model: nn.Module, site: str | None = None, state: State | None = None) -> list[ClientHook]:
         if site is None or state is None or self.slices is None:
             return []
         c = state["c"]

@@ -7,6 +7,9 @@ of Hendrycks & Dietterich with endoscopy-specific ones. This is an independent, 
 implementation of the published facts, not a copy of that code: pixel values differ from the reference
 (other random streams, other interpolation); the kinds and per-severity parameters follow it (deviations ``*``).
 
+A neutral module below the data and training layers (``docs/design.md``): the site adapters' simulated
+conditions, the anomaly task's corrupted test targets and the sweeps over corruptions all use it.
+
 Images are float arrays ``(C, H, W)`` in [0, 1] with C = 1 or 3 (channel-first, as the site adapters load
 them); every corruption returns the same shape as float32, clipped to [0, 1]. Parameters per severity 1 -> 5
 (lengths in pixels at the papers' 256-pixel input, see the scaling rule below):
