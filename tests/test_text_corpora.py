@@ -16,21 +16,21 @@ import yaml
 from medfed.config import SplitConfig
 from medfed.errors import ConfigError, MedfedError
 from medfed.sites.identity import hash_case_id
-from medfed.text import corpora
-from medfed.text.corpora import (
-    IU_FILE,
+from medfed.synth.report_corpora import (
     PADCHEST_COLUMNS,
-    PADCHEST_FILE,
     SYNTHETIC_FINDINGS,
-    ReportSite,
-    find_txv_data,
-    load_report_federation,
-    map_raw_labels,
-    read_iu_reports,
-    read_padchest_reports,
     write_synthetic_iu,
     write_synthetic_padchest,
 )
+from medfed.text import corpora, report_sites
+from medfed.text.corpora import (
+    IU_FILE,
+    PADCHEST_FILE,
+    find_txv_data,
+    read_iu_reports,
+    read_padchest_reports,
+)
+from medfed.text.report_sites import ReportSite, load_report_federation, map_raw_labels
 from medfed.text.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
@@ -172,7 +172,7 @@ def test_taxonomy_and_shipped_config_agree(taxonomy, mapping):
 
 
 def corpus_problems(mapping, taxonomy):
-    return corpora.mapping_problems(mapping, taxonomy)
+    return report_sites.mapping_problems(mapping, taxonomy)
 
 
 # --------------------------------------------------------------------------------------------------- sites

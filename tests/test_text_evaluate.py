@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from medfed.cli import main
-from medfed.text.corpora import (
-    load_report_federation,
+from medfed.synth.report_corpora import (
     write_synthetic_iu,
     write_synthetic_padchest,
 )
+from medfed.text.report_sites import load_report_federation
 from medfed.text.evaluate import binary_records
 from medfed.text.taxonomy import Taxonomy
 

@@ -50,6 +50,7 @@ from medfed.sites.base import Site, finite_problems
 from medfed.sites.common import (
     compile_group_pattern,
     group_key_from_path,
+    index_table,
     is_hidden,
     one_site_per_source,
     read_label_table,
@@ -58,7 +59,12 @@ from medfed.sites.common import (
 )
 from medfed.sites.dicom_io import DicomReadError, read_dicom_image, read_dicom_metadata
 from medfed.sites.identity import age_group, parse_dicom_age, population
-from medfed.sites.raster_io import RasterReadError, raster_format, raster_unit, read_raster
+from medfed.sites.raster_io import (
+    RasterReadError,
+    raster_format,
+    raster_unit,
+    read_raster,
+)
 from medfed.sites.splits import SPLITS
 
 #: suffixes read as DICOM (files without a suffix are DICOM too, as many PACS exports are)
@@ -228,19 +234,11 @@ class ChestXraySite(Site):
 
     # ------------------------------------------------------------------ indexing
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
-        problems: list[Problem] = []
-        records: list[dict[str, Any]] = []
-        if not self.root.is_dir():
-            problems.append(self.problem("data folder (root) not found", file=str(self.root)))
-        elif self.source.layout == "table":
-            records = self._table_records(problems)
-        else:
-            records = self._folder_records(problems)
-        rows = [row for record in records if (row := self._case_row(record, problems)) is not None]
+        read = self._table_records if self.source.layout == "table" else self._folder_records
         columns = ["case_id", "group", *self.label_columns, *self.metadata_columns, "_path", "_source_id"]
         if (self.source.layout == "class_folders" and self.source.split_folders) or self.source.split_column:
             columns.append("split")
-        table = pd.DataFrame(rows, columns=columns)
+        table, problems = index_table(self, read, self._case_row, columns)
         for column in self.label_columns:
             table[column] = table[column].astype("int64")
         return table, problems

@@ -49,6 +49,22 @@ def one_site_per_source(
     return sites, []
 
 
+def index_table(site: Site, read_records: Callable[[list[Problem]], list[Any]],
+                case_row: Callable[[Any, list[Problem]], dict[str, Any] | None],
+                columns: list[str]) -> tuple[pd.DataFrame, list[Problem]]:
+    """The shared shape of an image-folder adapter's ``_index``: a missing data folder is one problem; otherwise
+    every record ``read_records(problems)`` finds becomes a row through ``case_row(record, problems)`` (``None``:
+    the case is excluded, its problem recorded). Returns the table with ``columns`` and every problem."""
+    problems: list[Problem] = []
+    records: list[Any] = []
+    if not site.root.is_dir():
+        problems.append(site.problem("data folder (root) not found", file=str(site.root)))
+    else:
+        records = read_records(problems)
+    rows = [row for record in records if (row := case_row(record, problems)) is not None]
+    return pd.DataFrame(rows, columns=columns), problems
+
+
 def resize_2d_transform(size: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Resize ``image`` (C, H, W) to ``size`` x ``size`` by area averaging, then plain tensors (no augmentation)."""
     return Compose([

@@ -49,9 +49,10 @@ from medfed.config import FederationConfig, resolve_path
 from medfed.errors import Problem, describe_path
 from medfed.sites.base import Site, finite_problems
 from medfed.sites.common import (
+    group_key_from_level,
+    index_table,
     is_hidden,
     one_site_per_source,
-    group_key_from_level,
     read_label_table,
     resize_2d_transform,
     visible_entries,
@@ -140,18 +141,11 @@ class UreteroscopySite(Site):
 
     # ------------------------------------------------------------------ indexing
     def _index(self) -> tuple[pd.DataFrame, list[Problem]]:
-        problems: list[Problem] = []
-        records: list[tuple[str, str, str, str | None, str | None]] = []  # (path, class, view, group key, split)
-        if not self.root.is_dir():
-            problems.append(self.problem("data folder (root) not found", file=str(self.root)))
-        elif self.source.layout == "class_view_folders":
-            records = self._folder_records(problems)
-        else:
-            records = self._csv_records(problems)
-        rows = [row for record in records if (row := self._case_row(*record, problems)) is not None]
+        # records: (path, class, view, group key, split)
+        read = self._folder_records if self.source.layout == "class_view_folders" else self._csv_records
         columns = ["case_id", "group", "stone_type", "label", *self.metadata_columns, "_path", "_source_id"]
         columns += ["split"] if self.source.split_column else []
-        table = pd.DataFrame(rows, columns=columns)
+        table, problems = index_table(self, read, lambda record, found: self._case_row(*record, found), columns)
         table["label"] = table["label"].astype("int64")
         return table, problems
 

@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from medfed.io import atomic_write_text
 from medfed.seeding import rng_for
 from medfed.synth.common import (
     check_scale,
@@ -433,7 +434,7 @@ def write_brain_mri(
                 write_subject(staging / subject, subject, naming, enhancing_label, inst, spec.shape,
                               rng_for(seed, MODALITY, "institution", k, "subject", i))
         for number, table in enumerate(partition_tables(members, spec.split_largest), start=1):
-            table.to_csv(staging / f"partitioning_{number}.csv", index=False, lineterminator="\n")
+            atomic_write_text(staging / f"partitioning_{number}.csv", table.to_csv(index=False, lineterminator="\n"))
     config = {
         "name": f"{MODALITY}-{scale}",
         "adapter": "brats",

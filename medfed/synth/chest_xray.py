@@ -54,11 +54,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import gaussian_filter
 
+from medfed.io import atomic_write_text
 from medfed.seeding import rng_for
 from medfed.synth.common import (
     check_scale,
-    staged_directory,
-    write_federation_config,
+    write_site_federation,
 )
 
 MODALITY = "chest_xray"
@@ -502,7 +502,7 @@ def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
         if spec.storage != "class_folders":
             rows.append(table_row(case, rel, spec))
     if rows:
-        pd.DataFrame(rows).to_csv(site_dir / "labels.csv", index=False, lineterminator="\n")
+        atomic_write_text(site_dir / "labels.csv", pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"))
 
 
 def site_source(spec: SiteSpec, image_size: int, uncertain: str, folder: str = MODALITY) -> dict[str, object]:
@@ -534,15 +534,7 @@ def write_chest_xray(
     check_scale(scale)
     if uncertain not in ("zeros", "ones", "ignore"):
         raise ValueError(f"uncertain must be zeros, ones or ignore, got {uncertain!r}")
-    out = Path(out)
-    with staged_directory(out, MODALITY) as staging:
-        for spec in SITES:
-            write_site(staging / spec.name, spec, scale, seed)
     size = image_size or IMAGE_SIZES[scale]
-    config = {
-        "name": f"chest-xray-{scale}",
-        "adapter": MODALITY,
-        "split": {"seed": seed, "val": 0.15, "test": 0.25},
-        "sources": [site_source(spec, size, uncertain) for spec in SITES],
-    }
-    return write_federation_config(out, MODALITY, config)
+    return write_site_federation(out, MODALITY, f"chest-xray-{scale}", seed, SITES,
+                                 lambda folder, spec: write_site(folder, spec, scale, seed),
+                                 lambda spec: site_source(spec, size, uncertain))

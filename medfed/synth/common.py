@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,20 @@ def write_federation_config(out: Path, modality: str, config: dict[str, Any]) ->
               f"# {_FORMAT_MARK}{SYNTH_FORMAT}\n")
     atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def write_site_federation(out: Path, modality: str, name: str, seed: int, specs: Sequence[Any],
+                          write_site: Callable[[Path, Any], None], source: Callable[[Any], dict[str, Any]]) -> Path:
+    """The shape every per-site generator shares: ``write_site(folder, spec)`` for each site spec inside a staged
+    ``out/<modality>/`` (swapped in when complete, :func:`staged_directory`), then ``out/sites/<modality>.yaml``
+    named ``name`` with one ``source(spec)`` per site and seeded splits (val 0.15, test 0.25)."""
+    out = Path(out)
+    with staged_directory(out, modality) as staging:
+        for spec in specs:
+            write_site(staging / spec.name, spec)
+    config = {"name": name, "adapter": modality, "split": {"seed": seed, "val": 0.15, "test": 0.25},
+              "sources": [source(spec) for spec in specs]}
+    return write_federation_config(out, modality, config)
 
 
 def synth_format(config: Path) -> int:

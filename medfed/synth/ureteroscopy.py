@@ -48,11 +48,11 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from medfed.io import atomic_write_text
 from medfed.seeding import rng_for
 from medfed.synth.common import (
     check_scale,
-    staged_directory,
-    write_federation_config,
+    write_site_federation,
 )
 
 MODALITY = "ureteroscopy"
@@ -460,7 +460,7 @@ def write_site(site_dir: Path, spec: SiteSpec, scale: str, seed: int) -> None:
                          STONE_COLUMN: stone_key(frame)})
     if rows:
         table = pd.DataFrame(rows).sort_values("file")
-        table.to_csv(site_dir / "labels.csv", index=False, lineterminator="\n")
+        atomic_write_text(site_dir / "labels.csv", table.to_csv(index=False, lineterminator="\n"))
 
 
 def site_source(spec: SiteSpec, image_size: int) -> dict[str, object]:
@@ -483,15 +483,7 @@ def write_ureteroscopy(out: Path, scale: str = "demo", seed: int = 0, *, image_s
     previous ``out/ureteroscopy`` is replaced (written beside it first, then swapped in).
     """
     check_scale(scale)
-    out = Path(out)
-    with staged_directory(out, MODALITY) as staging:
-        for spec in SITES:
-            write_site(staging / spec.name, spec, scale, seed)
     size = image_size or IMAGE_SIZES[scale]
-    config = {
-        "name": f"ureteroscopy-{scale}",
-        "adapter": MODALITY,
-        "split": {"seed": seed, "val": 0.15, "test": 0.25},
-        "sources": [site_source(spec, size) for spec in SITES],
-    }
-    return write_federation_config(out, MODALITY, config)
+    return write_site_federation(out, MODALITY, f"ureteroscopy-{scale}", seed, SITES,
+                                 lambda folder, spec: write_site(folder, spec, scale, seed),
+                                 lambda spec: site_source(spec, size))

@@ -218,7 +218,7 @@ def run_report_experiment(config_path: Path | str, out_root: Path | str = "repor
     """Train (where asked) and evaluate every backend of a report experiment; write its run directory."""
     from tqdm.auto import tqdm
 
-    from medfed.text.corpora import load_report_federation
+    from medfed.text.report_sites import load_report_federation
 
     config_path = Path(config_path)
     experiment = load_report_experiment(config_path)

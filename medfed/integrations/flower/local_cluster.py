@@ -112,21 +112,17 @@ the registered key).
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -134,160 +130,42 @@ from medfed.integrations.flower.certificates import (
     DeploymentCredentials,
     write_credentials,
 )
+from medfed.integrations.flower.environment import (  # noqa: F401 - re-exported
+    _BASE_ENV,
+    _LOOPBACK,
+    FLWR_BIN,
+    PORT_RETRIES,
+    RAY_LOOPBACK_ENV,
+    SUPERLINK_BIN,
+    SUPERNODE_BIN,
+    _format_kv,
+    _write_toml,
+    find_binary,
+    flower_cli_available,
+    free_port,
+    ray_start_problem,
+    short_temp_dir,
+    with_interpreter_bin_first,
+)
+from medfed.integrations.flower.flwr_commands import (  # noqa: F401
+    FlowerClusterError,
+    FlwrCommands,
+    RunResult,
+)
+from medfed.integrations.flower.processes import (  # noqa: F401 - re-exported
+    _ANSI_RE,
+    _Managed,
+    _signal_tree,
+    _stop_all,
+    _tree,
+)
+from medfed.io import atomic_write_text
 
 __all__ = ["FlowerClusterError", "LocalCluster", "RunResult", "find_binary", "flower_cli_available", "free_port",
            "ray_start_problem", "short_temp_dir"]
 
-SUPERLINK_BIN = "flower-superlink"
-SUPERNODE_BIN = "flower-supernode"
-FLWR_BIN = "flwr"
 
-_LOOPBACK = "127.0.0.1"
 _NODE_ID_RE = re.compile(r"SuperNode ID:\s*(\d+)")
-_RUN_ID_RE = re.compile(r"Successfully started run (\d+)")
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
-
-# Ray's single-machine mode (its default on macOS/Windows): the node address is 127.0.0.1, so every Ray
-# server (GCS, raylet, object manager, workers) listens on, and every Ray connection goes to, loopback only.
-# On Linux Ray otherwise takes the machine's outward address and listens on all interfaces.
-RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-_BASE_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-    "PYTHONUNBUFFERED": "1",
-}
-
-
-class FlowerClusterError(RuntimeError):
-    """A LocalCluster process failed to start, crashed, or a run failed."""
-
-
-@dataclass
-class RunResult:
-    """Outcome of :meth:`LocalCluster.run_app`."""
-
-    run_id: int
-    status: str  # e.g. "finished:completed", "finished:failed"
-    status_details: str
-    seconds: float
-    log_path: Path
-    output: str  # what `flwr run --stream` printed (run logs included)
-
-    @property
-    def ok(self) -> bool:
-        """Whether the run finished and completed."""
-        return self.status == "finished:completed"
-
-
-def short_temp_dir(prefix: str = "mfr") -> str:
-    """A new temp folder with a short path: Ray puts Unix sockets below it, and a socket path may hold at most
-    107 bytes (``<dir>/session_<date>_<pid>/sockets/plasma_store``); a long ``$TMPDIR`` would overflow it."""
-    base = "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
-    return tempfile.mkdtemp(prefix=prefix, dir=base)
-
-
-def with_interpreter_bin_first(path: str) -> str:
-    """``path`` (a ``PATH`` value) with the running interpreter's folder first and not repeated."""
-    first = str(Path(sys.executable).parent)
-    return os.pathsep.join([first, *[p for p in path.split(os.pathsep) if p and p != first]])
-
-
-def find_binary(name: str) -> str | None:
-    """Prefer the executable next to this interpreter (same environment)."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which(name)
-
-
-def flower_cli_available() -> tuple[bool, str]:
-    """Return (available, reason) for the flwr deployment binaries."""
-    missing = [b for b in (SUPERLINK_BIN, SUPERNODE_BIN, FLWR_BIN) if find_binary(b) is None]
-    if missing:
-        return False, f"Flower CLI binaries not found: {', '.join(missing)} (pip install flwr)"
-    return True, ""
-
-
-_RAY_PROBE = (
-    "import ray\n"
-    "ray.init(num_cpus=1, include_dashboard=False, logging_level='ERROR', log_to_driver=False)\n"
-    "assert ray.get(ray.remote(lambda: 1).remote()) == 1\n"
-    "ray.shutdown()\n"
-)
-
-
-def ray_start_problem(timeout: float = 120.0) -> str | None:
-    """Why Ray (Flower's Simulation Engine) cannot start here, or ``None`` when it can.
-
-    Starts a one-CPU Ray in loopback mode (:data:`RAY_LOOPBACK_ENV`) in a child process with its own temp
-    folder, runs one task and shuts it down; every process it started is gone when this returns.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        return "Ray is not installed (pip install 'medfed[flower-sim]')"
-    tmp = short_temp_dir()
-    try:
-        env = {**os.environ, **RAY_LOOPBACK_ENV, "RAY_TMPDIR": tmp}
-        try:
-            proc = subprocess.Popen([sys.executable, "-c", _RAY_PROBE], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as err:
-            return f"cannot start a Python process for Ray: {err}"
-        tree: list[tuple[int, int]] = []
-        try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            tree = _tree(proc.pid)
-            _signal_tree(tree, signal.SIGKILL)
-            proc.kill()
-            proc.communicate()
-            return f"Ray did not start within {timeout:.0f} s"
-        if proc.returncode != 0:
-            last = output.decode(errors="replace").strip().splitlines()[-3:]
-            return f"Ray failed to start (exit {proc.returncode}): {' | '.join(last)}"
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-#: times a SuperNode whose HTTP port was taken between free_port() and its bind is restarted on another port
-PORT_RETRIES = 3
-
-
-def free_port(host: str = _LOOPBACK) -> int:
-    """Return a TCP port that was free on ``host`` a moment ago (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    """Render a scalar as a TOML value for ``key=value`` CLI arguments."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    raise TypeError(f"unsupported config value {value!r} (bool, int, float or str)")
-
-
-def _format_kv(config: Mapping[str, Any]) -> str:
-    for key in config:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
-            raise ValueError(f"invalid config key {key!r}")
-    return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
-
-
-def _write_toml(path: Path, config: Mapping[str, Any]) -> Path:
-    lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in config.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------- #
@@ -295,174 +173,12 @@ def _write_toml(path: Path, config: Mapping[str, Any]) -> Path:
 # --------------------------------------------------------------------------- #
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, start time) for all processes, via /proc."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        try:
-            table[int(entry)] = (int(fields[1]), int(fields[19]))
-        except (IndexError, ValueError):
-            continue
-    return table
-
-
-def _tree(root: int) -> list[tuple[int, int]]:
-    """(pid, start time) of ``root`` and all its descendants."""
-    if os.path.isdir("/proc"):
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        out, stack = [], [root]
-        while stack:
-            pid = stack.pop()
-            if pid in table:
-                out.append((pid, table[pid][1]))
-                stack.extend(children.get(pid, []))
-        return out
-    try:  # pragma: no cover - non-Linux
-        import psutil
-    except ImportError:  # pragma: no cover
-        return [(root, 0)]
-    try:  # pragma: no cover
-        proc = psutil.Process(root)
-        procs = [proc, *proc.children(recursive=True)]
-        return [(p.pid, int(p.create_time() * 1000)) for p in procs]
-    except (OSError, psutil.Error):  # pragma: no cover
-        return [(root, 0)]
-
-
-def _same_process(pid: int, start: int) -> bool:
-    """Whether ``pid`` is still the process that had start time ``start``."""
-    if os.path.isdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            return False
-        fields = stat[stat.rfind(")") + 2 :].split()
-        return fields[0] != "Z" and int(fields[19]) == start
-    try:  # pragma: no cover
-        os.kill(pid, 0)
-        return True
-    except OSError:  # pragma: no cover
-        return False
-
-
-def _signal_tree(snapshot: Sequence[tuple[int, int]], sig: int) -> None:
-    pgids: set[int] = set()
-    for pid, start in snapshot:
-        if not _same_process(pid, start):
-            continue
-        try:
-            pgids.add(os.getpgid(pid))
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    for pgid in pgids:
-        if pgid in (0, 1, os.getpgrp()):
-            continue
-        try:
-            os.killpg(pgid, sig)
-        except OSError:
-            pass
-
-
-class _Managed:
-    """One started process, its log file and its (cached) process tree."""
-
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path, log_handle: Any = None):
-        self.name = name
-        self.proc = proc
-        self.log_path = log_path
-        self._log = log_handle
-        self.known: dict[int, int] = {}
-        self.remember_tree()
-
-    @classmethod
-    def spawn(cls, name: str, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> _Managed:
-        """Start ``cmd`` in its own session (process group), output to ``log_path``."""
-        log = open(log_path, "ab")  # noqa: SIM115 - closed in close_log()
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # own process group, killable as a whole
-            )
-        except BaseException:
-            log.close()
-            raise
-        return cls(name, proc, log_path, log)
-
-    def remember_tree(self) -> None:
-        """Record current descendants (they re-parent to init once we die)."""
-        if self.proc.poll() is None:
-            for pid, start in _tree(self.proc.pid):
-                self.known[pid] = start
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return _ANSI_RE.sub("", self.log_path.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            return ""
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-n:])
-
-    def snapshot(self) -> list[tuple[int, int]]:
-        self.remember_tree()
-        return list(self.known.items())
-
-    def any_alive(self) -> bool:
-        return self.alive() or any(_same_process(p, s) for p, s in self.known.items())
-
-    def close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _stop_all(procs: Sequence[_Managed], grace: float) -> None:
-    """SIGTERM every tree, wait up to ``grace`` s, SIGKILL what is left, reap."""
-    for m in procs:
-        _signal_tree(m.snapshot(), signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(m.any_alive() for m in procs):
-        for m in procs:
-            m.proc.poll()
-        time.sleep(0.1)
-    for m in procs:
-        if m.any_alive():
-            _signal_tree(m.snapshot(), signal.SIGKILL)
-    for m in procs:
-        try:
-            m.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL ignored?
-            pass
-        m.close_log()
-
-
 # --------------------------------------------------------------------------- #
 # LocalCluster
 # --------------------------------------------------------------------------- #
 
 
-class LocalCluster:
+class LocalCluster(FlwrCommands):
     """A SuperLink plus N SuperNodes on 127.0.0.1, as a context manager.
 
     Parameters
@@ -488,7 +204,6 @@ class LocalCluster:
         SuperNodes that verify the server with ``--root-certificates`` and sign with
         ``--auth-supernode-private-key``.
     """
-
     def __init__(
         self,
         node_configs: Sequence[Mapping[str, Any]] = (),
@@ -539,14 +254,11 @@ class LocalCluster:
         """FLWR_HOME of the ``flwr`` CLI (holds config.toml with the connection)."""
         assert self.workdir is not None, "cluster not started"
         return self.workdir / "cli-home"
-
     def __enter__(self) -> Self:
         self.start()
         return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
-
     def process_env(self, home: Path) -> dict[str, str]:
         """The environment of this cluster's Flower processes (no telemetry, no update check, no proxy for
         loopback, ``extra_env``), with ``FLWR_HOME`` = ``home`` (created) and this interpreter's ``bin`` folder
@@ -559,7 +271,6 @@ class LocalCluster:
         env["FLWR_HOME"] = str(home)
         home.mkdir(parents=True, exist_ok=True)
         return env
-
     def start(self) -> None:
         """Start SuperLink and SuperNodes; block until all are ready."""
         ok, reason = flower_cli_available()
@@ -585,7 +296,6 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
-
     def _start_superlink(self) -> None:
         assert self.workdir is not None and self.log_dir is not None
         last_error = ""
@@ -626,14 +336,12 @@ class LocalCluster:
             _stop_all([self.superlink], grace=2.0)
             self.superlink = None
         raise FlowerClusterError(f"SuperLink exited during startup; log tail:\n{last_error}")
-
     def _superlink_security(self) -> list[str]:
         if self.credentials is None:
             return ["--insecure"]
         c = self.credentials
         return ["--ssl-ca-certfile", str(c.ca_certificate), "--ssl-certfile", str(c.server_certificate),
                 "--ssl-keyfile", str(c.server_key), "--enable-supernode-auth"]
-
     def _health_ok(self) -> bool:
         handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
         scheme = "http"
@@ -647,20 +355,18 @@ class LocalCluster:
                 return 200 <= resp.status < 300
         except (urllib.error.URLError, OSError, ValueError):
             return False
-
     def _write_cli_config(self) -> None:
         home = self.cli_home
         home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
+        atomic_write_text(
+            home / "config.toml",
             "[superlink]\n"
             f'default = "{self.connection_name}"\n\n'
             f"[superlink.{self.connection_name}]\n"
             f'address = "{self.address}"\n'
             + (f'root-certificates = "{self.credentials.ca_certificate}"\n' if self.credentials is not None
                else "insecure = true\n"),
-            encoding="utf-8",
         )
-
     def _start_supernode(self, i: int) -> None:
         assert self.workdir is not None and self.log_dir is not None
         if self.credentials is None:
@@ -685,7 +391,6 @@ class LocalCluster:
             self.supernodes[i] = managed
         else:
             self.supernodes.append(managed)
-
     def _wait_nodes(self) -> None:
         n = len(self.supernodes)
         if n == 0:
@@ -736,133 +441,6 @@ class LocalCluster:
         )
 
     # ------------------------------------------------------------------- CLI
-    def flwr(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``flwr ARGS`` against this cluster (its own FLWR_HOME)."""
-        if self.workdir is None or self._closed:
-            raise FlowerClusterError("cluster not running")
-        proc = subprocess.run(
-            [self._bins[FLWR_BIN], *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            env=self.process_env(self.cli_home),
-            cwd=self.workdir,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        if check and proc.returncode != 0:
-            raise FlowerClusterError(
-                f"`flwr {' '.join(args)}` failed ({proc.returncode}):\n"
-                f"{_ANSI_RE.sub('', proc.stdout)}\n{_ANSI_RE.sub('', proc.stderr)}"
-            )
-        return proc
-
-    def register_node_key(self, public_key: Path, name: str, timeout: float = 30.0) -> None:
-        """``flwr supernode register PUBLIC_KEY CONNECTION --name NAME``: a SuperNode holding the matching
-        private key may then connect (``tls=True`` clusters run with ``--enable-supernode-auth``)."""
-        self.flwr("supernode", "register", str(public_key), self.connection_name, "--name", name, timeout=timeout)
-
-    def _flwr_json(self, *args: str, timeout: float = 30.0) -> dict[str, Any]:
-        proc = self.flwr(*args, "--format", "json", timeout=timeout)
-        text = _ANSI_RE.sub("", proc.stdout)
-        start = text.find("{")
-        try:
-            return json.loads(text[start:]) if start >= 0 else {}
-        except json.JSONDecodeError as err:
-            raise FlowerClusterError(f"`flwr {' '.join(args)}` printed no JSON:\n{text}") from err
-
-    def list_nodes(self, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """``flwr supernode ls --format json`` -> list of node dicts."""
-        return list(self._flwr_json("supernode", "ls", self.connection_name, timeout=timeout).get("nodes", []))
-
-    def run_info(self, run_id: int, timeout: float = 30.0) -> dict[str, Any]:
-        """``flwr ls --run-id RUN_ID --format json`` -> the run's dict."""
-        runs = self._flwr_json("ls", self.connection_name, "--run-id", str(run_id), timeout=timeout).get("runs", [])
-        return dict(runs[0]) if runs else {}
-
-    def run_app(
-        self,
-        app_dir: str | os.PathLike[str],
-        run_config: Mapping[str, Any] | None = None,
-        timeout: float = 120.0,
-        *,
-        federation_config: Mapping[str, Any] | None = None,
-        check: bool = True,
-    ) -> RunResult:
-        """``flwr run APP_DIR CONNECTION --run-config FILE --stream``, bounded.
-
-        Waits until the run is finished (``timeout`` seconds for the whole
-        thing); on timeout the run is stopped with ``flwr stop`` and
-        ``TimeoutError`` is raised. With ``check`` a run that does not finish
-        as ``finished:completed`` raises :class:`FlowerClusterError`.
-        """
-        if self.workdir is None or self.log_dir is None or self._closed:
-            raise FlowerClusterError("cluster not running")
-        app_dir = Path(app_dir).resolve()
-        if not (app_dir / "pyproject.toml").is_file():
-            raise FileNotFoundError(f"no pyproject.toml in {app_dir}")
-        stamp = f"{time.time_ns()}"
-        args = [self._bins[FLWR_BIN], "run", str(app_dir), self.connection_name, "--stream"]
-        if run_config:
-            args += ["--run-config", str(_write_toml(self.workdir / f"run-config-{stamp}.toml", run_config))]
-        if federation_config:
-            args += ["--federation-config", _format_kv(federation_config)]
-
-        started = time.monotonic()
-        deadline = started + float(timeout)
-        out_path = self.log_dir / f"flwr-run-{stamp}.log"
-        timed_out = False
-        with open(out_path, "wb") as out:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.process_env(self.cli_home),
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-            try:
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                if proc.poll() is None:
-                    _stop_all([_Managed("flwr-run", proc, out_path)], grace=3.0)
-        output = _ANSI_RE.sub("", out_path.read_text(encoding="utf-8", errors="replace"))
-        match = _RUN_ID_RE.search(output)
-        if match is None:
-            raise FlowerClusterError(f"`flwr run` did not start a run (code {proc.returncode}):\n{output}")
-        run_id = int(match.group(1))
-
-        info = self.run_info(run_id)
-        # The stream may end before the status flips; poll, bounded by the deadline.
-        while not timed_out and not str(info.get("status", "")).startswith("finished"):
-            if time.monotonic() >= deadline:
-                timed_out = True
-                break
-            time.sleep(0.5)
-            info = self.run_info(run_id)
-        if timed_out:
-            self.flwr("stop", str(run_id), self.connection_name, timeout=30, check=False)
-            raise TimeoutError(
-                f"run {run_id} not finished after {timeout:.0f}s (stopped); output in {out_path}:\n"
-                + "\n".join(output.splitlines()[-30:])
-            )
-        result = RunResult(
-            run_id=run_id,
-            status=str(info.get("status", "")),
-            status_details=str(info.get("status-details", "")),
-            seconds=time.monotonic() - started,
-            log_path=out_path,
-            output=output,
-        )
-        if check and not result.ok:
-            raise FlowerClusterError(
-                f"run {run_id} ended as {result.status} ({result.status_details}); output:\n{output}"
-            )
-        return result
 
     # ------------------------------------------------------------ dropouts
     def kill_node(self, i: int, *, graceful: bool = False, timeout: float = 10.0) -> None:
@@ -904,7 +482,6 @@ class LocalCluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._ray_tmp is not None:
             shutil.rmtree(self._ray_tmp, ignore_errors=True)
-
     def processes_alive(self) -> list[str]:
         """Names of managed processes (or their descendants) still running."""
         procs = [*self.supernodes, *([self.superlink] if self.superlink else [])]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from medfed.io import atomic_write_text
 from medfed.errors import ConfigError, DataProblems, MedfedError, Problem, errors_only
 from medfed.integrations.nnunet.export import (
     ExportedDataset,
@@ -46,9 +47,9 @@ def plan(sites: Path, out: Path, dataset_id: int, name: str, planner: str = "Exp
     folder = Path(out) / dataset_folder_name(dataset_id, name)
     plans = plan_federation(fingerprint, training, folder / "nnunet", dataset_id, name, planner, gpu_memory_gb)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    atomic_write_text(folder / "dataset_fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
     target = folder / f"{plans['plans_name']}.json"
-    target.write_text(json.dumps(plans, indent=2) + "\n")
+    atomic_write_text(target, json.dumps(plans, indent=2) + "\n")
     return target
 
 

@@ -30,6 +30,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from medfed.io import atomic_write_text
 from medfed.errors import ConfigError, DataProblems, MedfedError, errors_only
 from medfed.sites.base import Site
 
@@ -171,10 +172,10 @@ def write_dataset(sites: Sequence[Site], out: Path, dataset_id: int, name: str, 
                 test += 1
                 bar.update()
     training = len(train_ids) + len(val_ids)
-    (folder / "dataset.json").write_text(json.dumps(dataset_json(training, name), indent=2) + "\n")
+    atomic_write_text(folder / "dataset.json", json.dumps(dataset_json(training, name), indent=2) + "\n")
     if val_ids:  # fold 0 = medfed's split; nnU-Net's own 5-fold split is used when this file is absent
         splits = [{"train": sorted(train_ids), "val": sorted(val_ids)}]
-        (folder / "splits_final.json").write_text(json.dumps(splits, indent=2) + "\n")
+        atomic_write_text(folder / "splits_final.json", json.dumps(splits, indent=2) + "\n")
     return ExportedDataset(folder, dataset_id, tuple(s.name for s in sites), training, test)
 
 

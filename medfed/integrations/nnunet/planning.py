@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medfed.io import atomic_write_text
 from medfed.errors import MedfedError
 from medfed.integrations.nnunet.export import dataset_folder_name, dataset_json
 
@@ -46,8 +47,8 @@ def write_planning_inputs(fingerprint: dict[str, Any], training_cases: int, out:
                    "dataset": {f"case{i:05d}": {"images": [f"imagesTr/case{i:05d}_{c:04d}.nii.gz" for c in range(4)],
                                                 "label": f"labelsTr/case{i:05d}.nii.gz"}
                                for i in range(training_cases)}}
-    (raw / folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
-    (preprocessed / folder / "dataset_fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    atomic_write_text(raw / folder / "dataset.json", json.dumps(description, indent=2) + "\n")
+    atomic_write_text(preprocessed / folder / "dataset_fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
     return raw, preprocessed
 
 
@@ -78,7 +79,7 @@ def plan_federation(fingerprint: dict[str, Any], training_cases: int, out: Path 
     except subprocess.TimeoutExpired:
         raise MedfedError(f"nnU-Net's planner ({planner}) did not finish within {timeout:.0f} s") from None
     output = proc.stdout + proc.stderr
-    (out / "planner.log").write_text(output)
+    atomic_write_text(out / "planner.log", output)
     marker = [line for line in proc.stdout.splitlines() if line.startswith("MEDFED_PLANS_IDENTIFIER=")]
     plans = (preprocessed / dataset_folder_name(dataset_id, name) /
              f"{json.loads(marker[-1].split('=', 1)[1])}.json") if marker else None
