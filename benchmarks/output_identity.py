@@ -11,6 +11,7 @@ with the same demo data, seed and torch thread count, then compares every ``metr
 
     python benchmarks/output_identity.py --before HEAD~3            # a git worktree of HEAD~3 against this tree
     python benchmarks/output_identity.py --before HEAD~3 --engines inprocess --threads 1
+    python benchmarks/output_identity.py --before cd06fab --after HEAD --side after --work W   # reuse W's before runs
 
 Exit status 0 when every file is identical, 1 otherwise.
 """
@@ -86,6 +87,8 @@ def compare(before: Path, after: Path) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision to compare this tree against")
+    parser.add_argument("--after", default=None,
+                        help="git revision on the after side (default: this working tree as it is)")
     parser.add_argument("--engines", default="inprocess,flower", help="comma-separated: inprocess, flower")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (and OMP/MKL) for every run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the Flower run")
@@ -100,8 +103,15 @@ def main() -> int:
     if not before_tree.exists():
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before_tree), args.before],
                        check=True, stdout=subprocess.DEVNULL)
-    print(f"before: {args.before} ({before_tree}); after: {REPO}; engines {engines}; {args.threads} thread(s)")
-    trees = {"before": before_tree, "after": REPO}
+    print(f"before: {args.before} ({before_tree}); after: {args.after or 'working tree'}; engines {engines}; "
+          f"{args.threads} thread(s)")
+    after_tree = REPO
+    if args.after is not None:  # a fixed revision: edits to the working tree during the runs cannot leak in
+        after_tree = work / "after-tree"
+        if not after_tree.exists():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(after_tree), args.after],
+                           check=True, stdout=subprocess.DEVNULL)
+    trees = {"before": before_tree, "after": after_tree}
     times = {side: run_tree(tree, work / side, data, engines, args.threads, args.rounds)
              for side, tree in trees.items() if args.side in ("both", side)}
     for side, seconds in times.items():

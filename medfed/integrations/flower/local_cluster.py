@@ -130,7 +130,7 @@ from medfed.integrations.flower.certificates import (
     DeploymentCredentials,
     write_credentials,
 )
-from medfed.integrations.flower.environment import (  # noqa: F401 - re-exported
+from medfed.integrations.flower.environment import (
     _BASE_ENV,
     _LOOPBACK,
     FLWR_BIN,
@@ -139,7 +139,6 @@ from medfed.integrations.flower.environment import (  # noqa: F401 - re-exported
     SUPERLINK_BIN,
     SUPERNODE_BIN,
     _format_kv,
-    _write_toml,
     find_binary,
     flower_cli_available,
     free_port,
@@ -147,17 +146,15 @@ from medfed.integrations.flower.environment import (  # noqa: F401 - re-exported
     short_temp_dir,
     with_interpreter_bin_first,
 )
-from medfed.integrations.flower.flwr_commands import (  # noqa: F401
+from medfed.integrations.flower.flwr_commands import (
     FlowerClusterError,
     FlwrCommands,
     RunResult,
 )
-from medfed.integrations.flower.processes import (  # noqa: F401 - re-exported
-    _ANSI_RE,
+from medfed.integrations.flower.processes import (
     _Managed,
     _signal_tree,
     _stop_all,
-    _tree,
 )
 from medfed.io import atomic_write_text
 
@@ -166,16 +163,6 @@ __all__ = ["FlowerClusterError", "LocalCluster", "RunResult", "find_binary", "fl
 
 
 _NODE_ID_RE = re.compile(r"SuperNode ID:\s*(\d+)")
-
-
-# --------------------------------------------------------------------------- #
-# Process-tree bookkeeping (Linux /proc; psutil if present elsewhere)
-# --------------------------------------------------------------------------- #
-
-
-# --------------------------------------------------------------------------- #
-# LocalCluster
-# --------------------------------------------------------------------------- #
 
 
 class LocalCluster(FlwrCommands):
@@ -204,6 +191,7 @@ class LocalCluster(FlwrCommands):
         SuperNodes that verify the server with ``--root-certificates`` and sign with
         ``--auth-supernode-private-key``.
     """
+
     def __init__(
         self,
         node_configs: Sequence[Mapping[str, Any]] = (),
@@ -242,6 +230,7 @@ class LocalCluster(FlwrCommands):
         self._ray_tmp: str | None = None
 
     # ------------------------------------------------------------------ setup
+
     @property
     def address(self) -> str:
         """SuperLink address (Fleet, Control and Runtime API) as host:port."""
@@ -254,11 +243,14 @@ class LocalCluster(FlwrCommands):
         """FLWR_HOME of the ``flwr`` CLI (holds config.toml with the connection)."""
         assert self.workdir is not None, "cluster not started"
         return self.workdir / "cli-home"
+
     def __enter__(self) -> Self:
         self.start()
         return self
+
     def __exit__(self, *exc: object) -> None:
         self.close()
+
     def process_env(self, home: Path) -> dict[str, str]:
         """The environment of this cluster's Flower processes (no telemetry, no update check, no proxy for
         loopback, ``extra_env``), with ``FLWR_HOME`` = ``home`` (created) and this interpreter's ``bin`` folder
@@ -271,6 +263,7 @@ class LocalCluster(FlwrCommands):
         env["FLWR_HOME"] = str(home)
         home.mkdir(parents=True, exist_ok=True)
         return env
+
     def start(self) -> None:
         """Start SuperLink and SuperNodes; block until all are ready."""
         ok, reason = flower_cli_available()
@@ -296,6 +289,7 @@ class LocalCluster(FlwrCommands):
         except BaseException:
             self.close()
             raise
+
     def _start_superlink(self) -> None:
         assert self.workdir is not None and self.log_dir is not None
         last_error = ""
@@ -336,12 +330,14 @@ class LocalCluster(FlwrCommands):
             _stop_all([self.superlink], grace=2.0)
             self.superlink = None
         raise FlowerClusterError(f"SuperLink exited during startup; log tail:\n{last_error}")
+
     def _superlink_security(self) -> list[str]:
         if self.credentials is None:
             return ["--insecure"]
         c = self.credentials
         return ["--ssl-ca-certfile", str(c.ca_certificate), "--ssl-certfile", str(c.server_certificate),
                 "--ssl-keyfile", str(c.server_key), "--enable-supernode-auth"]
+
     def _health_ok(self) -> bool:
         handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
         scheme = "http"
@@ -355,6 +351,7 @@ class LocalCluster(FlwrCommands):
                 return 200 <= resp.status < 300
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
     def _write_cli_config(self) -> None:
         home = self.cli_home
         home.mkdir(parents=True, exist_ok=True)
@@ -367,6 +364,7 @@ class LocalCluster(FlwrCommands):
             + (f'root-certificates = "{self.credentials.ca_certificate}"\n' if self.credentials is not None
                else "insecure = true\n"),
         )
+
     def _start_supernode(self, i: int) -> None:
         assert self.workdir is not None and self.log_dir is not None
         if self.credentials is None:
@@ -391,6 +389,7 @@ class LocalCluster(FlwrCommands):
             self.supernodes[i] = managed
         else:
             self.supernodes.append(managed)
+
     def _wait_nodes(self) -> None:
         n = len(self.supernodes)
         if n == 0:
@@ -443,6 +442,7 @@ class LocalCluster(FlwrCommands):
     # ------------------------------------------------------------------- CLI
 
     # ------------------------------------------------------------ dropouts
+
     def kill_node(self, i: int, *, graceful: bool = False, timeout: float = 10.0) -> None:
         """Stop SuperNode ``i`` and everything it spawned.
 
@@ -467,6 +467,7 @@ class LocalCluster(FlwrCommands):
         self.killed.add(i)
 
     # ------------------------------------------------------------- teardown
+
     def close(self) -> None:
         """Terminate every process (SuperNodes first), keep logs, drop temp dir."""
         if self._closed:
@@ -482,6 +483,7 @@ class LocalCluster(FlwrCommands):
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._ray_tmp is not None:
             shutil.rmtree(self._ray_tmp, ignore_errors=True)
+
     def processes_alive(self) -> list[str]:
         """Names of managed processes (or their descendants) still running."""
         procs = [*self.supernodes, *([self.superlink] if self.superlink else [])]

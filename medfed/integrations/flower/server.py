@@ -183,6 +183,7 @@ class MedfedStrategy(SiteNodes, Strategy):
         return wire.weights_to_arrays(weights, self.layout if self.per_tensor else None)
 
     # ----------------------------------------------------------------- run state
+
     def begin(self, resume: bool = False) -> int:
         """Initial strategy state, or the last checkpoint when ``resume`` (the run ledger,
         :class:`medfed.fl.ledger.MethodLedger`, as in-process); returns the rounds left to run."""
@@ -207,6 +208,7 @@ class MedfedStrategy(SiteNodes, Strategy):
         return (self.training.local_epochs, None) if steps is None else (steps, steps)
 
     # ----------------------------------------------------------------- Flower: train
+
     def summary(self) -> None:
         logger.info("medfed method %s (strategy %s %s), sites %s, rounds %s..%s", self.name, self.method.name,
                     self.method.params(), ", ".join(self.clients), self.offset + 1, self.training.rounds)
@@ -322,6 +324,7 @@ class MedfedStrategy(SiteNodes, Strategy):
         return self._arrays(self.global_weights), metrics
 
     # ----------------------------------------------------------------- Flower: evaluate
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Every ``eval_every`` rounds (and the last), each site evaluates its round model on val and test."""
         current = self._round
@@ -415,6 +418,7 @@ class MedfedStrategy(SiteNodes, Strategy):
         self._round = None
 
     # ----------------------------------------------------------------- final evaluation
+
     def evaluate_final(self, grid: Grid) -> tuple[list[str], dict[str, wire.EvalReply], list[dict[str, Any]]]:
         """Every final model on every site's val and test cases; ``(model names, replies by site, failures)``."""
         models = self.method.final_models(self.global_weights, self.state)
