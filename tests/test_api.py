@@ -10,6 +10,7 @@ import yaml
 
 from medfed import api
 from medfed.errors import ConfigError
+from medfed.report import ReportOptions
 from medfed.synth import write_federation
 
 TAXONOMY = Path(__file__).resolve().parents[1] / "tasks" / "report_taxonomy_chest.yaml"
@@ -37,6 +38,7 @@ def test_run_experiments_trains_reports_and_calls_back_in_order(chest, tmp_path)
         "training": {"rounds": 3, "local_epochs": 1, "eval_every": 0}, "methods": ["local_only", "fedavg"]}))
     seen: list[str] = []
     runs = api.run_experiments([config], out=tmp_path / "out", rounds=1, progress=False,
+                               report_options=ReportOptions(n_resamples=100),
                                on_start=lambda path, modality: seen.append(f"start {path.name} {modality}"),
                                on_outcome=lambda outcome: seen.append(f"done {outcome.result.name}"))
     assert seen == ["start exp.yaml None", "done api_exp"]
