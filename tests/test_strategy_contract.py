@@ -8,6 +8,7 @@ import pytest
 from torch import nn
 
 from medfed.fl.checkpoint import load_checkpoint, save_checkpoint
+from medfed.fl.protocols import ClientHook
 from medfed.fl.strategies import (
     STRATEGIES,
     Cyclic,
@@ -25,7 +26,6 @@ from medfed.fl.strategies import (
 )
 from medfed.fl.strategies.fedbn import norm_mask
 from medfed.fl.update import ClientUpdate
-from medfed.tasks.base import LocalHook
 
 #: strategies whose result does not depend on the order sites report in (all but the per-site ones)
 SYMMETRIC = sorted(n for n, c in STRATEGIES.items() if c.order_invariant and not c.pooled and n != "local_only")
@@ -97,8 +97,8 @@ def test_contract(name, params, tmp_path):
                               np.array([100, 1, 1, 1]), sites)
         assert (not np.allclose(skewed, new)) == bool(strategy.weights_by_examples) or name == "local_only"
 
-    # client hooks are LocalHooks (e.g. FedProx's proximal term, SCAFFOLD's gradient correction)
-    assert all(isinstance(hook, LocalHook) for hook in strategy.client_hooks(model(), sites[0], state_3))
+    # client hooks are ClientHooks (e.g. FedProx's proximal term, SCAFFOLD's gradient correction)
+    assert all(isinstance(hook, ClientHook) for hook in strategy.client_hooks(model(), sites[0], state_3))
 
     # state survives a checkpoint round trip: the next round is bit-identical
     save_checkpoint(tmp_path / "state.pt", {"state": state_3})
