@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -28,15 +28,11 @@ LABELS_WIDTH = 48  # the validate table's labels column is cut after this many c
 
 
 # ----------------------------------------------------------------------------- validate
-@dataclass
-class Validation:
+class Validation(NamedTuple):
     """Every federation read leniently, and every problem and warning found in it."""
 
     federations: list[Any]
     problems: list[Problem]
-
-    def __iter__(self):  # federations, problems = validate_configs(...)
-        return iter((self.federations, self.problems))
 
 
 def validate_configs(configs: Sequence[Path | str], progress: bool = True,
