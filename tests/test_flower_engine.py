@@ -263,14 +263,22 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     assert not (out / "metrics.csv").exists(), "the run finished before it could be killed"
 
     began = time.monotonic()
-    result = run_experiment_on_flower(config, tmp_path / "flower", "flower", resume=True, progress=False, timeout=300)
+    with LoopbackWatch() as network:
+        result = run_experiment_on_flower(config, tmp_path / "flower", "flower", resume=True, progress=False,
+                                          timeout=300)
     print(f"flower engine, resumed: {time.monotonic() - began:.1f} s")
+    assert network.listening and network.outside() == []  # SuperLink, SuperNodes, apps: loopback only
     assert flower_processes() == []  # SuperLink, SuperNodes and everything they started are gone
     assert processes_mentioning(str(tmp_path)) == []
     assert result.out == out and result.name == "exp" and result.primary_metric == reference.primary_metric
     assert result.stopped == {} and result.failures == []
     assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1, 2]
     same_as_in_process(out, reference.out)
+    local_log = reference.out / "runs" / "fedavg" / "rounds.jsonl"
+    for got, want in zip(*(map(json.loads, log.read_text().splitlines()) for log in (rounds_log, local_log)),
+                         strict=True):  # round 1 from the killed run, round 2 from the resumed one
+        assert got["completed"] == want["completed"] == list(SITES)
+        assert got["train_loss"] == want["train_loss"] and got["eval"] == want["eval"]
     pd.testing.assert_frame_equal(result.summary, reference.summary)
     assert len(result.metrics) == len(reference.metrics)
     assert sorted(p.name for p in (out / "flower" / "sites").iterdir()) == [f"{s}.yaml" for s in SITES]

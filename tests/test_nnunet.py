@@ -347,14 +347,13 @@ def test_the_network_takes_medfed_axes_and_its_loss_is_finite(small, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_planned_network_trains_federated_on_the_demo_federation_and_its_loss_falls(tmp_path):
-    demo = write_federation("brain_mri", tmp_path / "demo", scale="demo", seed=0)
-    plans = commands.plan(demo, tmp_path / "plans", 502, "BraTSdemo", progress=False)
+def test_the_planned_network_trains_federated_and_its_loss_falls(small, tmp_path):
+    plans = commands.plan(small, tmp_path / "plans", 502, "BraTSsmall", progress=False)
     template = yaml.safe_load(TEMPLATE.read_text())  # tasks/nnunet_brain_mri.yaml, a shorter budget
     template["task"]["model"]["plans"] = str(plans)
     template["training"].update({"rounds": 2, "local_steps": 2, "eval_every": 0})
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({**template, "federation": str(demo), "methods": ["fedavg"]}))
+    config.write_text(yaml.safe_dump({**template, "federation": str(small), "methods": ["fedavg"]}))
     result = run_experiment(config, tmp_path / "out", progress=False)
     assert result.stopped == {} and result.failures == []
     log = [json.loads(x) for x in (result.out / "runs" / "fedavg" / "rounds.jsonl").read_text().splitlines()]
@@ -363,7 +362,7 @@ def test_the_planned_network_trains_federated_on_the_demo_federation_and_its_los
     assert "dice_mean" in (result.out / "metrics.csv").read_text()  # evaluated and reported as usual
     # medfed predict: the logits come back from the plans' spacing to each case's own grid
     written = write_predictions(config, "fedavg", tmp_path / "submission", reports=tmp_path / "out", progress=False)
-    federation = load_federation(demo)
+    federation = load_federation(small)
     assert written == sum(len(site.split("test")) for site in federation)
     for site in federation:
         for case in site.reference_cases("test"):
