@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from flower_support import SITES, node_configs, write_hospitals
+from flower_support import SITES, experiment, node_configs, write_hospitals
 
 from medfed.integrations.flower.local_cluster import LocalCluster, flower_cli_available
 
@@ -25,15 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _CLI_OK, reason=_CLI_REAS
 def hospitals(tmp_path_factory) -> dict[str, Path]:
     """The three hospitals at the small scale."""
     return write_hospitals(tmp_path_factory.mktemp("small"))
-
-
-def experiment(path: Path, federation: Path, rounds: int = 2) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "exp", "federation": str(federation), "seed": 7,
-        "task": {"kind": "classification", "labels": ["Pneumonia"], "batch_size": 4,
-                 "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}},
-        "training": {"rounds": rounds, "local_epochs": 1, "eval_every": 1}, "methods": ["fedavg"]}))
-    return path
 
 
 def rounds_log(run_dir: Path) -> list[dict]:

@@ -20,7 +20,7 @@ import yaml
 
 pytest.importorskip("flwr.app")
 
-from flower_support import SITES, LoopbackWatch, ray_ready, write_hospitals  # noqa: F401
+from flower_support import SITES, LoopbackWatch, experiment, ray_ready, write_hospitals  # noqa: F401
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -48,16 +48,6 @@ needs_cli = pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI mi
 def federation(tmp_path_factory) -> Path:
     """The three table sites of the small synthetic chest X-ray federation (paths relative to the file)."""
     return write_hospitals(tmp_path_factory.mktemp("fed"))["federation"]
-
-
-def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | None = None, **extra) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "exp", "federation": str(federation), "seed": 7,
-        "task": {"kind": "classification", "labels": ["Pneumonia"], "batch_size": 4,
-                 "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}},
-        "training": {"rounds": rounds, "local_epochs": 1, "eval_every": 1}, "methods": methods or ["fedavg"],
-        **extra}))
-    return path
 
 
 def flower_processes() -> list[str]:
