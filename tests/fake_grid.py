@@ -17,12 +17,13 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from medfed.integrations.flower.app import client_app
-from medfed.integrations.flower.server import ServerSettings
+from medfed.integrations.flower.settings import ServerSettings
 
 SITES = ["adult-a", "adult-b", "adult-c"]
 NODES = {101: "adult-a", 202: "adult-b", 303: "adult-c"}  # node ids are Flower's, unrelated to site order
@@ -42,15 +43,20 @@ class FakeGrid(Grid):
 
     ``ignore``: node -> message types it never answers (a site that is down or too slow: no reply arrives);
     ``crash``: node -> message types whose ClientApp raises (Flower then replies with an error message);
+    ``unavailable``: node -> message types it gets while its heartbeats have stopped (a crashed SuperNode): the
+    SuperLink answers in its place, from its own node id, with Flower's ``NODE_UNAVAILABLE`` error (made by the
+    SuperLink's own function);
     ``interrupt_round``: the fake raises :class:`Interrupted` when round N's train messages are sent.
     """
 
     def __init__(self, node_configs: Mapping[int, dict[str, Any]], *, ignore: Mapping[int, set[str]] | None = None,
-                 crash: Mapping[int, set[str]] | None = None, interrupt_round: int | None = None) -> None:
+                 crash: Mapping[int, set[str]] | None = None, unavailable: Mapping[int, set[str]] | None = None,
+                 interrupt_round: int | None = None) -> None:
         self.contexts = {node: Context(run_id=1, node_id=node, node_config=dict(cfg), state=RecordDict(), run_config={})
                          for node, cfg in node_configs.items()}
         self.ignore = dict(ignore or {})
         self.crash = dict(crash or {})
+        self.unavailable = dict(unavailable or {})
         self.interrupt_round = interrupt_round
         self.timeouts: list[float | None] = []
         self.sent: list[Message] = []
@@ -80,6 +86,11 @@ class FakeGrid(Grid):
             self.sent.append(message)
             node, kind = message.metadata.dst_node_id, message.metadata.message_type
             if kind in self.ignore.get(node, set()):
+                continue
+            if kind in self.unavailable.get(node, set()):
+                reply = create_message_error_unavailable_res_message(message.metadata, "node_unavail")
+                self.replies.append(reply)
+                self._waiting[message.metadata.message_id] = reply
                 continue
             incoming = Message(wire_round_trip(message.content), metadata=copy.deepcopy(message.metadata))
             try:

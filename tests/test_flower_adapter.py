@@ -44,8 +44,9 @@ from medfed.fl.strategies import build_strategy
 from medfed.fl.weights import get_weights, layout_of
 from medfed.integrations.flower import client as flower_client
 from medfed.integrations.flower import messages as wire
-from medfed.integrations.flower.server import MedfedStrategy, ServerSettings
+from medfed.integrations.flower.server import MedfedStrategy
 from medfed.integrations.flower.server_run import run_flower_method
+from medfed.integrations.flower.settings import ServerSettings
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites import load_federation
 from medfed.tasks import build_task
@@ -349,6 +350,30 @@ def test_a_node_that_does_not_reply_is_dropped_and_too_few_updates_stop_the_run(
     assert rounds_log(run.out / "runs" / "fedavg")[-1]["status"] == "stopped"
 
 
+def test_the_superlinks_node_unavailable_reply_counts_for_the_site_whose_node_went_silent(federation, tmp_path):
+    """A SuperNode that crashed stops its heartbeats; the SuperLink then answers the messages sent to it itself,
+    from its own node id (1), with a NODE_UNAVAILABLE error. The error is that site's (query, train, evaluation),
+    not an unexpected reply, and its reason is recorded."""
+    experiment = write_experiment(tmp_path / "exp.yaml", federation["federation"], ["fedavg"], rounds=1,
+                                  local_steps=1)
+    grid = FakeGrid(node_configs(federation), unavailable={303: {"train", "evaluate"}})
+    run = run_flower_method(grid, settings(experiment, tmp_path / "out", "fedavg"))
+    assert {int(r.metadata.src_node_id) for r in grid.replies if r.has_error()} == {1}  # from the SuperLink
+    [record] = rounds_log(run.out / "runs" / "fedavg")
+    assert record["completed"] == ["adult-a", "adult-b"] and "dropped" not in record
+    [failure] = record["failed"]
+    assert failure["site"] == "adult-c" and failure["error"].startswith("Flower error 5: Error: Node Unavailable")
+    [eval_failure] = record["eval_failed"]
+    assert eval_failure["site"] == "adult-c" and eval_failure["error"].startswith("Flower error 5:")
+    assert set(record["eval"]) == {"adult-a", "adult-b"}
+
+    queried = FakeGrid(node_configs(federation), unavailable={303: {"query"}})
+    run = run_flower_method(queried, settings(experiment, tmp_path / "q", "fedavg",
+                                              **{"final-eval": False, "connect-timeout": 0.1}))
+    [record] = rounds_log(run.out / "runs" / "fedavg")
+    assert record["unreachable"] == ["adult-c"] and record["completed"] == ["adult-a", "adult-b"]
+
+
 def test_a_site_without_a_node_is_unavailable_not_a_failure(federation, fast_experiment, tmp_path):
     configs = node_configs(federation)
     del configs[303]  # adult-c's SuperNode never connects
@@ -392,7 +417,7 @@ def test_the_app_project_runs_through_flowers_own_config_parsing_and_server_app(
     )
 
     from medfed.integrations.flower.app import server_app
-    from medfed.integrations.flower.server import RUN_CONFIG
+    from medfed.integrations.flower.settings import RUN_CONFIG
 
     project = get_project_config(APP_DIR)
     assert validate_config(project, check_module=True, project_dir=APP_DIR)[0]

@@ -54,8 +54,8 @@ from medfed.fl.strategies import build_strategy
 from medfed.fl.weights import WeightLayout, get_weights, layout_of, set_weights
 from medfed.integrations.flower import messages as wire
 from medfed.sites.base import Site
-from medfed.sites.redact import error_text
 from medfed.sites.federation import Federation, load_federation
+from medfed.sites.redact import error_text
 from medfed.tasks import TaskConfig, build_task
 from medfed.tasks.base import Task
 from medfed.tasks.finetune import apply_policy

@@ -68,8 +68,8 @@ from medfed.fl.config import (
     resolve_init,
 )
 from medfed.fl.experiment import ExperimentResult, check_federation, init_refusals
-from medfed.fl.names import REPORT_FILES
 from medfed.fl.ledger import CHECKPOINT, ROUNDS_LOG
+from medfed.fl.names import REPORT_FILES
 from medfed.fl.summary import summary_table
 from medfed.io import atomic_write_text
 from medfed.sites.federation import Federation, load_federation

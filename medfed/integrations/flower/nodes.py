@@ -8,28 +8,37 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
-from flwr.app import (
-    Message,
-    MessageType,
-)
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from medfed.errors import MedfedError
 from medfed.integrations.flower import messages as wire
-from medfed.integrations.flower.final_report import (  # noqa: F401 - re-exported
-    _RemoteSite,
-    _rows_by_split,
-    write_final_report,
-)
-from medfed.integrations.flower.settings import (  # noqa: F401 - re-exported
-    _POLL_SECONDS,
-    RUN_CONFIG,
-    ServerSettings,
-)
+from medfed.integrations.flower.settings import _POLL_SECONDS
 from medfed.sites.redact import error_text, scrub_message
 
 logger = logging.getLogger("medfed.flower")
+
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+def answered(replies: Iterable[Message], sent: Mapping[Key, Message]) -> Iterator[tuple[Key, Message]]:
+    """Each reply with the key of the message it answers, matched by ``reply_to_message_id`` (Flower sets a sent
+    message's id when it pushes it). Not by the replying node: when a node stops sending heartbeats, the SuperLink
+    itself answers its messages with a ``NODE_UNAVAILABLE`` error from the SuperLink's own node id. A reply to
+    nothing sent, or a second reply to the same message, is logged and skipped."""
+    key_of = {message.metadata.message_id: key for key, message in sent.items()}
+    seen: set[str] = set()
+    for reply in replies:
+        answers = reply.metadata.reply_to_message_id
+        if answers not in key_of or answers in seen:
+            logger.warning("ignored an unexpected reply from node %s", reply.metadata.src_node_id)
+            continue
+        seen.add(answers)
+        yield key_of[answers], reply
 
 
 def _reason(err: BaseException) -> str:
@@ -49,10 +58,10 @@ class SiteNodes:
         unknown = [n for n in self._connected if n not in self.node_sites]
         served = set(self.site_nodes())
         if unknown and not (self.clients and served.issuperset(self.clients)):  # asks only while a site lacks a node
-            queries = [Message(wire.query_content(), node, MessageType.QUERY, ttl=self.query_timeout,
-                               group_id="medfed-query") for node in unknown]
-            for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-                node = int(reply.metadata.src_node_id)
+            queries = {node: Message(wire.query_content(), node, MessageType.QUERY, ttl=self.query_timeout,
+                                     group_id="medfed-query") for node in unknown}
+            for node, reply in answered(grid.send_and_receive(list(queries.values()), timeout=self.query_timeout),
+                                        queries):
                 if reply.has_error():
                     self.node_errors[node] = scrub_message(f"Flower error {reply.error.code}: {reply.error.reason}", [])
                     continue

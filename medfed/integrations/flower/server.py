@@ -85,17 +85,8 @@ from medfed.fl.strategies import Strategy as MedfedMethod
 from medfed.fl.update import ClientUpdate
 from medfed.fl.weights import get_weights, layout_of
 from medfed.integrations.flower import messages as wire
-from medfed.integrations.flower.final_report import (  # noqa: F401 - re-exported
-    _RemoteSite,
-    _rows_by_split,
-    write_final_report,
-)
-from medfed.integrations.flower.nodes import SiteNodes, _reason
-from medfed.integrations.flower.settings import (  # noqa: F401 - re-exported
-    _POLL_SECONDS,
-    RUN_CONFIG,
-    ServerSettings,
-)
+from medfed.integrations.flower.final_report import _rows_by_split
+from medfed.integrations.flower.nodes import SiteNodes, _reason, answered
 from medfed.seeding import derive_seed, rng_for
 from medfed.sites.redact import scrub_message
 from medfed.tasks.base import Task
@@ -113,9 +104,9 @@ class _Round:
     record: dict[str, Any]
     began: float
     sampled: list[str]
-    nodes: dict[str, int]
     needed: int
     skipped: bool = False
+    sent: dict[str, Message] = field(default_factory=dict)  # site -> this phase's message to it (train, then eval)
     evaluating: list[str] = field(default_factory=list)
 
 
@@ -229,14 +220,13 @@ class MedfedStrategy(SiteNodes, Strategy):
         if unreachable:
             record["unreachable"] = unreachable
         needed = min(self.training.min_fit_clients, len(self.clients))
-        self._round = _Round(rnd, record, began, sampled, {s: nodes[s] for s in sampled}, needed)
+        self._round = _Round(rnd, record, began, sampled, needed)
         if len(available) < needed:  # not a fault: the model is unchanged, the round is logged as skipped
             record["skipped"] = f"only {len(available)} of {len(self.clients)} sites available ({needed} needed)"
             self._round.skipped = True
             return []
         epochs, max_steps = self._budget()
         shared: dict[int, tuple[np.ndarray, ArrayRecord]] = {}
-        out = []
         for site in sampled:
             start = self.method.client_weights(self.global_weights, site, self.state)
             if id(start) not in shared:  # one record for every site that starts from the same array
@@ -246,19 +236,9 @@ class MedfedStrategy(SiteNodes, Strategy):
                                      start_loss=bool(self.method.wants_start_loss), strategy_params=self.method_params)
             content = wire.train_content(train, shared[id(start)][1],
                                          wire.client_state_to_arrays(self.method.name, self.state, site))
-            out.append(Message(content, nodes[site], MessageType.TRAIN, ttl=self.round_timeout, group_id=str(rnd)))
-        return out
-
-    def _by_site(self, replies: Iterable[Message], nodes: Mapping[str, int]) -> dict[str, Message]:
-        site_of = {node: site for site, node in nodes.items()}
-        out: dict[str, Message] = {}
-        for reply in replies:
-            site = site_of.get(int(reply.metadata.src_node_id))
-            if site is None or site in out:
-                logger.warning("ignored an unexpected reply from node %s", reply.metadata.src_node_id)
-                continue
-            out[site] = reply
-        return out
+            self._round.sent[site] = Message(content, nodes[site], MessageType.TRAIN, ttl=self.round_timeout,
+                                             group_id=str(rnd))
+        return list(self._round.sent.values())
 
     def _updates(self, replies: dict[str, Message], current: _Round) -> Iterator[ClientUpdate]:
         """The sampled sites' updates in sampling order; failures and silent sites recorded as in-process."""
@@ -299,7 +279,7 @@ class MedfedStrategy(SiteNodes, Strategy):
         current = self._round
         if current is None or current.skipped:
             return None, None
-        by_site = self._by_site(replies, current.nodes)
+        by_site = dict(answered(replies, current.sent))
         record = current.record
         updates = self._updates(by_site, current)
         shadow = FedAvgShadow(updates) if self.method.global_step else None  # local-only: no global step
@@ -334,23 +314,24 @@ class MedfedStrategy(SiteNodes, Strategy):
         connected = set(grid.get_node_ids())
         nodes = {s: n for s, n in self.site_nodes().items() if n in connected}
         models = self.method.round_models(self.global_weights, self.state, self.clients)
-        out = []
+        current.sent = {}
         for site in self.clients:
             if site not in nodes:
                 continue
             request = wire.EvalConfig(round=current.number, site=site, method=self.name, task=self.task_spec,
                                       models=("round",))
-            out.append(Message(wire.evaluate_content(request, [self._arrays(models[site])]), nodes[site],
-                               MessageType.EVALUATE, ttl=self.round_timeout, group_id=f"{current.number}-eval"))
-            current.evaluating.append(site)
-        current.nodes = {s: nodes[s] for s in current.evaluating}
-        return out
+            current.sent[site] = Message(wire.evaluate_content(request, [self._arrays(models[site])]), nodes[site],
+                                         MessageType.EVALUATE, ttl=self.round_timeout, group_id=f"{current.number}-eval")
+        current.evaluating = list(current.sent)
+        return list(current.sent.values())
 
-    def _collect(self, replies: Iterable[Message], nodes: Mapping[str, int], sites: Sequence[str],
+    def _collect(self, replies: Iterable[Message], sent: Mapping[str, Message],
                  failed: list[dict[str, Any]]) -> dict[str, wire.EvalReply]:
-        by_site = self._by_site(replies, nodes)
+        """The parsed evaluation of every site ``sent`` a message; a site whose reply is missing, an error or
+        malformed is appended to ``failed``."""
+        by_site = dict(answered(replies, sent))
         out: dict[str, wire.EvalReply] = {}
-        for site in sites:
+        for site in sent:
             reply = by_site.get(site)
             if reply is None:
                 reason = f"no reply within {self.round_timeout:g} s (dropped)"
@@ -386,7 +367,7 @@ class MedfedStrategy(SiteNodes, Strategy):
         summary = None
         if current.evaluating:
             failed: list[dict[str, Any]] = []
-            got = self._collect(replies, current.nodes, current.evaluating, failed)
+            got = self._collect(replies, current.sent, failed)
             current.record["eval"] = self._round_eval(got)
             if failed:
                 current.record["eval_failed"] = failed
@@ -427,18 +408,17 @@ class MedfedStrategy(SiteNodes, Strategy):
         connected = set(grid.get_node_ids())
         nodes = {s: n for s, n in self.refresh_nodes(grid).items() if n in connected}
         last = self.offset if not self.log else int(self.log[-1]["round"])
-        messages, sites = [], []
+        sent: dict[str, Message] = {}
         for site in self.clients:
             if site not in nodes:
                 continue
             request = wire.EvalConfig(round=last, site=site, method=self.name, task=self.task_spec,
                                       models=tuple(names), final=True)
-            messages.append(Message(wire.evaluate_content(request, arrays), nodes[site], MessageType.EVALUATE,
-                                    ttl=self.round_timeout, group_id="final-eval"))
-            sites.append(site)
+            sent[site] = Message(wire.evaluate_content(request, arrays), nodes[site], MessageType.EVALUATE,
+                                 ttl=self.round_timeout, group_id="final-eval")
         failed = [{"site": s, "error": "no connected node"} for s in self.clients if s not in nodes]
-        replies = grid.send_and_receive(messages, timeout=self.round_timeout) if messages else []
-        got = self._collect(replies, {s: nodes[s] for s in sites}, sites, failed)
+        replies = grid.send_and_receive(list(sent.values()), timeout=self.round_timeout) if sent else []
+        got = self._collect(replies, sent, failed)
         return names, got, failed
 
 

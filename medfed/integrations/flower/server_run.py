@@ -29,17 +29,9 @@ from medfed.fl.ledger import (
     RunStopped,
     resolved_config,
 )
-from medfed.integrations.flower.final_report import (  # noqa: F401 - re-exported
-    _RemoteSite,
-    _rows_by_split,
-    write_final_report,
-)
+from medfed.integrations.flower.final_report import _RemoteSite, write_final_report
 from medfed.integrations.flower.server import MedfedStrategy
-from medfed.integrations.flower.settings import (  # noqa: F401 - re-exported
-    _POLL_SECONDS,
-    RUN_CONFIG,
-    ServerSettings,
-)
+from medfed.integrations.flower.settings import ServerSettings
 from medfed.tasks import build_task
 
 logger = logging.getLogger("medfed.flower")
