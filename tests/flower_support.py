@@ -39,14 +39,15 @@ def write_hospitals(folder: Path, scale: str = "small", min_count: int | None = 
     return files
 
 
-def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | None = None, **extra) -> Path:
-    """A small classification experiment on ``federation`` (seed 7, a tiny ResNet, evaluated every round), written
-    to ``path``; ``extra`` adds top-level keys."""
+def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | None = None, eval_every: int = 1,
+               **extra) -> Path:
+    """A small classification experiment on ``federation`` (seed 7, a tiny ResNet, evaluated every ``eval_every``
+    rounds and after the last), written to ``path``; ``extra`` adds top-level keys."""
     path.write_text(yaml.safe_dump({
         "name": "exp", "federation": str(federation), "seed": 7,
         "task": {"kind": "classification", "labels": ["Pneumonia"], "batch_size": 4,
                  "model": {"name": "resnet", "block_inplanes": [4, 8, 8, 8]}},
-        "training": {"rounds": rounds, "local_epochs": 1, "eval_every": 1}, "methods": methods or ["fedavg"],
+        "training": {"rounds": rounds, "local_epochs": 1, "eval_every": eval_every}, "methods": methods or ["fedavg"],
         **extra}))
     return path
 
