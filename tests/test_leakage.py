@@ -36,9 +36,9 @@ def folder_federation(tmp_path: Path) -> Path:
     root = tmp_path / "kermany"
     for split, n in (("train", 8), ("test", 4)):
         for i in range(n):
-            png(root / split / "NORMAL" / f"IM-{i + (100 if split == 'test' else 0):04d}-0001.png", seed=hash((split, i)) % 1000)
-            png(root / split / "PNEUMONIA" / f"person{i + (100 if split == 'test' else 0)}_virus_1.png",
-                seed=500 + hash((split, i)) % 1000)
+            number = i + (100 if split == "test" else 0)  # distinct seeds: no duplicate but the copy below
+            png(root / split / "NORMAL" / f"IM-{number:04d}-0001.png", seed=number)
+            png(root / split / "PNEUMONIA" / f"person{number}_virus_1.png", seed=1000 + number)
     shutil.copy(root / "train" / "NORMAL" / "IM-0003-0001.png", root / "test" / "NORMAL" / "IM-0777-0001.png")
     config = tmp_path / "fed.yaml"
     config.write_text(yaml.safe_dump({"name": "f", "adapter": "chest_xray", "sources": [
