@@ -1,20 +1,22 @@
 """Suite-wide settings: one torch thread per test process, and the long end-to-end tests first.
 
-The suite runs on pytest-xdist workers (``-n 2`` in pyproject.toml), one per core. Each worker (and every
-process a test starts: the Flower SuperNodes' ClientApps, the CLI runs) uses one torch thread
-(``OMP_NUM_THREADS=1`` unless it is set already): two workers with two threads each on two cores spend their
+The suite runs on three pytest-xdist workers (``-n 3`` in pyproject.toml; why three on two cores: below). Each
+worker (and every process a test starts: the Flower SuperNodes' ClientApps, the CLI runs) uses one torch thread
+(``OMP_NUM_THREADS=1`` unless it is set already): two workers with two threads each on two cores spent their
 time spinning at OpenMP barriers (the FedAgain forger test took 222 s instead of 33 s). Numbers depend on the
 thread count (README, Determinism), so every comparison in the suite is between runs made with this same setting.
 
-xdist's load scheduler hands tests out in collection order, two to each worker at first and then one at a time
-as a worker's queue runs low (``--maxschedchunk 1``; by default it hands the first quarter of each worker's share
-out at once, which put every long test on one worker). The order here: the long tests (``@pytest.mark.slow``)
-first, the real Flower deployments (``tests/test_flower_*``, the longest, mostly waiting on Flower's polling and
-timeouts) before the seeded paper claims, then the rest in collection order. So the first worker runs the two
-deployment tests one after the other while the second takes the other long tests and both then share the short
-ones. Measured on 2 cores: this order 10 min 44 s; interleaving long and short tests so that the two deployment
-tests ran at the same time on both workers, 11 min 39 s (their ClientApps then compete for the cores: 375 s and
-262 s instead of 257 s and 221 s).
+xdist's load scheduler hands each worker two tests at first, then one more each time one ends, so each worker
+always has its next test queued (``--maxschedchunk 1``; by default it hands the first quarter of each worker's
+share out at once, which put every long test on one worker). The long tests carry ``@pytest.mark.slow(seconds=S)``,
+S being what they took on 2 cores with three workers; they go first, longest first, and the first 2 x workers
+of them are paired longest with shortest (worker k starts with the k-th longest, then the (2n-1-k)-th), so that
+no worker starts with two of the longest (longest processing time first; the rest follow in collection order).
+
+Three workers on two cores (``-n 3``): the Flower tests spend much of their time waiting (a SuperNode polls
+every 3 s, the ServerApp's Grid every 3 s, a crashed node is declared unavailable after 60 s) while the
+seeded-claim tests are CPU-bound. Measured on this 2-core machine (the same commit): ``-n 2`` 12 min 42 s,
+``-n 3`` 10 min 49 s.
 """
 
 from __future__ import annotations
@@ -29,12 +31,26 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch before this file
 
 
-def _order(item: pytest.Item) -> int:
-    """0: slow Flower deployments, 1: other slow tests, 2: the rest."""
-    if item.get_closest_marker("slow") is None:
-        return 2
-    return 0 if item.path.name.startswith("test_flower_") else 1
+def _expected_seconds(item: pytest.Item) -> float:
+    """The ``seconds`` of a test's ``slow`` marker (30 when it gives none); 0 for the rest."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("seconds", 30.0))
+
+
+def longest_first(durations: list[float], workers: int) -> list[int]:
+    """Indices of ``durations`` in the order to hand them out: longest first (stable for equal ones), and within
+    the first ``2 * workers`` (the workers' first two tests each) the k-th longest followed by the
+    ``(2 * workers - 1 - k)``-th."""
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    head = order[:2 * workers]
+    if len(head) == 2 * workers > 2:
+        head = [i for k in range(workers) for i in (head[k], head[2 * workers - 1 - k])]
+    return head + order[2 * workers:]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=_order)
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    order = longest_first([_expected_seconds(item) for item in slow], workers)
+    items[:] = [slow[i] for i in order] + rest

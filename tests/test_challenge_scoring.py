@@ -172,7 +172,7 @@ def test_scoring_matches_score_case_on_each_file(brain, teams):
             assert by_case[(reference.case_id, metric)] == pytest.approx(value)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_medfed_strategies_predict_and_are_scored_with_convergence(brain, tmp_path, capsys):
     """Three medfed methods trained on the federation, their label maps written by `medfed predict`, scored
     and ranked with FeTS task 1 (convergence scores computed from the runs' logs)."""

@@ -203,7 +203,7 @@ def test_label_flip_poisons_training_labels_only():
 
 
 # ----------------------------------------------------------------- the paper's claim, seeded
-@pytest.mark.slow
+@pytest.mark.slow(seconds=80)
 def test_fedagain_suppresses_the_expert_forger(tmp_path_factory):
     """tasks/fedagain_ureteroscopy_forger.yaml as configured (FedAvg and FedAgain only), seed 0: the server's
     benchmark finds the forger (its reliability error is the highest of all sites), FedAgain gives it the lowest

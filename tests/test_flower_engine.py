@@ -227,7 +227,7 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=250)
 @needs_cli
 def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federation, tmp_path):
     """`medfed run --engine flower` killed (with its SuperLink and SuperNodes) after round 1 of 2; `--resume`
@@ -280,7 +280,7 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     assert [p.name.startswith("logs-") for p in (out / "flower").iterdir()].count(True) == 1  # the killed run's
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=160)
 @needs_cli
 @pytest.mark.usefixtures("ray_ready")
 def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_path):

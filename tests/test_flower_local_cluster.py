@@ -31,7 +31,7 @@ APP_DIR = Path(__file__).parent / "flower_echo_app"
 
 _CLI_OK, _CLI_REASON = flower_cli_available()
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.slow(seconds=50),
     pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI missing"),
 ]
 

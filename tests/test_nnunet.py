@@ -346,7 +346,7 @@ def test_the_network_takes_medfed_axes_and_its_loss_is_finite(small, tmp_path):
     assert model(image).shape == (2, 3, *plan.patch_size)  # full resolution only
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_the_planned_network_trains_federated_and_its_loss_falls(small, tmp_path):
     plans = commands.plan(small, tmp_path / "plans", 502, "BraTSsmall", progress=False)
     template = yaml.safe_load(TEMPLATE.read_text())  # tasks/nnunet_brain_mri.yaml, a shorter budget

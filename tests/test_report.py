@@ -353,7 +353,7 @@ def test_pooled_difference_uses_a_site_stratified_bootstrap(tmp_path):
 
 
 # ----------------------------------------------------------------- the page in a real browser
-@pytest.mark.slow
+@pytest.mark.slow(seconds=10)
 def test_report_renders_in_headless_chromium_without_errors(classification_run, tmp_path):
     browser = chromium()
     result = write_report([classification_run], tmp_path / "browser")

