@@ -232,8 +232,13 @@ def processes_mentioning(text: str) -> list[str]:
 def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federation, tmp_path):
     """`medfed run --engine flower` killed (with its SuperLink and SuperNodes) after round 1 of 2; `--resume`
     starts a new cluster, trains round 2 only, and ends bit-identical to the uninterrupted in-process run.
-    (Evaluated after round 2 only, so that the killed run's part is two Flower phases: query and train.)"""
-    config = experiment(tmp_path / "exp.yaml", federation, rounds=2, eval_every=2)
+    (Two hospitals, evaluated after round 2 only: each Flower message starts a ClientApp process per site, ~9 s of
+    CPU importing torch and MONAI, so fewer of them keep the test short; three sites are the other tests'.)"""
+    sites = list(SITES[:2])
+    three = yaml.safe_load(federation.read_text())
+    two = federation.parent / "two.yaml"  # beside three.yaml: its relative paths hold
+    two.write_text(yaml.safe_dump({**three, "sources": [s for s in three["sources"] if s["name"] in sites]}))
+    config = experiment(tmp_path / "exp.yaml", two, rounds=2, eval_every=2)
     reference = run_experiment(config, tmp_path / "inprocess", progress=False)
     out = tmp_path / "flower" / "exp"
     rounds_log = out / "runs" / "fedavg" / "rounds.jsonl"
@@ -268,14 +273,14 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     local_log = reference.out / "runs" / "fedavg" / "rounds.jsonl"
     for got, want in zip(*(map(json.loads, log.read_text().splitlines()) for log in (rounds_log, local_log)),
                          strict=True):  # round 1 from the killed run, round 2 from the resumed one
-        assert got["completed"] == want["completed"] == list(SITES)
+        assert got["completed"] == want["completed"] == sites
         assert got["train_loss"] == want["train_loss"] and got.get("eval") == want.get("eval")
-    assert "eval" in got and set(got["eval"]) >= set(SITES)  # round 2: every site's evaluation, as in-process
+    assert "eval" in got and set(got["eval"]) >= set(sites)  # round 2: every site's evaluation, as in-process
     pd.testing.assert_frame_equal(result.summary, reference.summary)
     assert len(result.metrics) == len(reference.metrics)
-    assert sorted(p.name for p in (out / "flower" / "sites").iterdir()) == [f"{s}.yaml" for s in SITES]
+    assert sorted(p.name for p in (out / "flower" / "sites").iterdir()) == [f"{s}.yaml" for s in sites]
     logs = {p.name for p in (out / "flower" / "logs").iterdir()}
-    assert {"superlink.log", "supernode-0.log", "supernode-2.log"} <= logs
+    assert {"superlink.log", "supernode-0.log", "supernode-1.log"} <= logs
     assert any(name.startswith("flwr-run-") for name in logs)
     assert [p.name.startswith("logs-") for p in (out / "flower").iterdir()].count(True) == 1  # the killed run's
 
