@@ -6,6 +6,7 @@ in child processes where it reads its folders from the environment.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -89,6 +90,15 @@ def nnunet_pooled(exported, tmp_path_factory) -> Path:
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return preprocessed / DATASET
+
+
+@pytest.fixture(scope="module")
+def small_plans(small, tmp_path_factory) -> dict:
+    """nnU-Net's plans from the small federation's merged fingerprint (100 intensity bins), planned once for the
+    tests below that only read them (each planning is a child process importing nnU-Net)."""
+    fingerprint = federated_fingerprint(list(load_federation(small)), bins=100)
+    return plan_federation(fingerprint, len(fingerprint["spacings"]), tmp_path_factory.mktemp("plans"), 501,
+                           "BraTSsmall")
 
 
 # ----------------------------------------------------------------------------- labels (hand-computable)
@@ -277,11 +287,10 @@ def test_deep_supervision_weights_follow_nnunet():
 
 
 @pytest.mark.parametrize("forward", [[0, 1, 2], [1, 0, 2], [2, 0, 1], [2, 1, 0]])
-def test_medfed_axes_map_to_nnunets_network_axes(small, tmp_path, forward):
+def test_medfed_axes_map_to_nnunets_network_axes(small_plans, tmp_path, forward):
     """A medfed (X, Y, Z) volume permuted for the network equals nnU-Net's own view of the same NIfTI case
     (Z, Y, X, then transpose_forward); patch and spacing map the same way."""
-    fingerprint = federated_fingerprint(list(load_federation(small)), bins=100)
-    plans = plan_federation(fingerprint, len(fingerprint["spacings"]), tmp_path, 501, "BraTSsmall")
+    plans = copy.deepcopy(small_plans)
     plans["transpose_forward"] = forward
     plans["transpose_backward"] = [int(i) for i in np.argsort(forward)]
     (tmp_path / "plans.json").write_text(json.dumps(plans))
@@ -306,10 +315,8 @@ def test_resampling_to_the_plans_spacing(tmp_path):
     assert evaluation["label"].shape == (3, 10, 12, 8) and list(evaluation["spacing"]) == [2.0, 1.0, 3.0]
 
 
-def test_a_patch_the_network_cannot_take_is_refused(small, tmp_path):
-    fingerprint = federated_fingerprint(list(load_federation(small)), bins=100)
-    plans = plan_federation(fingerprint, len(fingerprint["spacings"]), tmp_path, 501, "BraTSsmall")
-    (tmp_path / "plans.json").write_text(json.dumps(plans))
+def test_a_patch_the_network_cannot_take_is_refused(small_plans, tmp_path):
+    (tmp_path / "plans.json").write_text(json.dumps(small_plans))
     plan = NnUNetPlan.load(tmp_path / "plans.json")
     assert plan.patch_problems(plan.patch_size) == []
     odd = [p + 1 for p in plan.patch_size]

@@ -1,7 +1,7 @@
-"""The seeded SSL-initialisation experiment of tasks/: SimCLR pretraining on the demo unlabeled pool, then
-FedAvg from random vs SSL initialisation on the demo chest X-ray federation (the config's own study federation,
-demo:chest_xray_ssl, is checked below). SSL init must win on the pooled
-test set (the README has the full per-site table, including the site where it does not help)."""
+"""The seeded SSL-initialisation experiment of tasks/: SimCLR pretraining on the demo unlabeled pool (half the
+config's budget), then FedAvg from random vs SSL initialisation on the demo chest X-ray federation (the config's own
+study federation, demo:chest_xray_ssl, is checked below). SSL init must win on the pooled test set (the README has
+the full per-site table, including the site where it does not help)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ from medfed.cli import main
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
-@pytest.mark.slow(seconds=200)
+@pytest.mark.slow(seconds=150)
 def test_ssl_init_beats_random_init_under_fedavg_on_the_pooled_test_set(tmp_path_factory):
     data = tmp_path_factory.getbasetemp() / "ssl_demo_data"
     out = tmp_path_factory.mktemp("ssl_reports")
-    assert main(["pretrain", str(TASKS / "ssl_chest_xray_central.yaml"), "--data", str(data), "--out", str(out),
-                 "--no-progress"]) == 0
+    # the README's pretraining config at half its budget (5 of its 10 rounds of 30 SimCLR steps), for time: the
+    # mechanism is the same, and the half-trained encoder is the weaker one for the claim
+    pretrain = yaml.safe_load((TASKS / "ssl_chest_xray_central.yaml").read_text())
+    assert pretrain["training"] == {"rounds": 10, "local_steps": 30}
+    pretrain["training"]["rounds"] = 5
+    pretrain_path = tmp_path_factory.mktemp("ssl_pretrain") / "ssl_chest_xray_central.yaml"
+    pretrain_path.write_text(yaml.safe_dump(pretrain))
+    assert main(["pretrain", str(pretrain_path), "--data", str(data), "--out", str(out), "--no-progress"]) == 0
     checkpoint = out / "ssl_chest_xray_central" / "encoder.pt"
     config = yaml.safe_load((TASKS / "ssl_init_chest_xray.yaml").read_text())
     config["methods"] = ["fedavg", {"strategy": "fedavg", "name": "fedavg_ssl_central", "init": str(checkpoint)}]
