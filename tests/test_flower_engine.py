@@ -30,6 +30,7 @@ from medfed.fl.config import federation_path, load_experiment
 from medfed.fl.experiment import run_experiment
 from medfed.integrations.flower import client as flower_client
 from medfed.integrations.flower import messages as wire
+from medfed.integrations.flower import node_site
 from medfed.integrations.flower.engine import (
     fresh_log_dir,
     run_experiment_on_flower,
@@ -161,7 +162,7 @@ def server_identity():
 
 def query(node_config: dict, run_config: dict) -> wire.SiteReply:
     context = Context(run_id=1, node_id=11, node_config=node_config, state=RecordDict(), run_config=run_config)
-    reply = flower_client.handle_query(Message(wire.query_content(), 11, MessageType.QUERY), context)
+    reply = node_site.handle_query(Message(wire.query_content(), 11, MessageType.QUERY), context)
     return wire.parse_site_reply(reply.content)
 
 
@@ -172,7 +173,7 @@ def test_a_simulated_node_owns_the_site_its_partition_id_names(federation, tmp_p
     for pid, site in enumerate(SITES):
         node = {"partition-id": pid, "num-partitions": 3}
         context = Context(run_id=1, node_id=11, node_config=node, state=RecordDict(), run_config=run)
-        assert flower_client.site_node_config(context) == {
+        assert node_site.site_node_config(context) == {
             **node, "site-config": str(federation.resolve()), "site-name": site}
         info = query(node, run)
         assert info.error is None and info.name == site and info.min_count == 2
@@ -187,9 +188,30 @@ def test_a_simulated_node_owns_the_site_its_partition_id_names(federation, tmp_p
     # a node with its own site config keeps it (a deployment SuperNode), partition-id or not
     own = {"site-config": str(federation), "site-name": "adult-b", "partition-id": 0}
     context = Context(run_id=1, node_id=11, node_config=own, state=RecordDict(), run_config=run)
-    assert flower_client.site_node_config(context) == own
+    assert node_site.site_node_config(context) == own
     assert query(own, run).name == "adult-b"
     flower_client.clear_caches()
+
+
+def test_a_query_is_answered_without_importing_torch_or_monai(federation):
+    """Flower starts a ClientApp process per message: the query (which site is this node) loads the site's
+    tables only, so its process skips the ~7 s of CPU that importing torch and MONAI costs (training needs them)."""
+    code = (
+        "import sys\n"
+        "from flwr.app import Context, Message, MessageType, RecordDict\n"
+        "from flwr.supercore.task_identity import TaskIdentity\n"
+        "from medfed.integrations.flower import messages as wire\n"
+        "from medfed.integrations.flower.app import client_app\n"
+        "TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1\n"
+        f"node = {{'site-config': {str(federation)!r}, 'site-name': 'adult-b'}}\n"
+        "context = Context(run_id=1, node_id=11, node_config=node, state=RecordDict(), run_config={})\n"
+        "reply = client_app(Message(wire.query_content(), 11, MessageType.QUERY), context)\n"
+        "info = wire.parse_site_reply(reply.content)\n"
+        "print(info.name, info.error, sorted(m for m in ('torch', 'monai', 'medfed.tasks') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "adult-b None []"
 
 
 # ----------------------------------------------------------------------------- end to end (processes)

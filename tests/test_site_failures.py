@@ -20,7 +20,7 @@ import yaml
 from test_brats_adapter import config_of, edit_source, nifti, rewrite
 from torch.utils.data import DataLoader
 
-import medfed.sites.base as site_base
+import medfed.sites.datasets as site_datasets
 from medfed.cli import main
 from medfed.errors import DataProblems, MedfedError
 from medfed.fl import runner as runner_module
@@ -96,7 +96,7 @@ def test_file_emptied_mid_run_leaks_no_path_or_subject_id(brain_copy, tmp_path, 
     site = next(s for s in load_federation(config_of(brain_copy)) if SUBJECT in set(s._table["_source_id"]))
     row = site._table[site._table["_source_id"] == SUBJECT].iloc[0]
     assert row["split"] == "train"  # read by local training, not by evaluation
-    monkeypatch.setattr(site_base, "CACHE_BYTES", 0)  # re-read every case each round, as a large data set is
+    monkeypatch.setattr(site_datasets, "CACHE_BYTES", 0)  # re-read every case each round, as a large data set is
     real_available = MethodRunner._available
 
     def empty_in_round_2(self, rnd):

@@ -26,26 +26,26 @@ Subclasses implement three methods:
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from monai.data import Dataset as MonaiDataset
-from monai.transforms import Compose, Transform
 from threadpoolctl import threadpool_limits
 
 from medfed.config import SplitConfig
 from medfed.errors import ConfigError, MedfedError, Problem, warning
 from medfed.sites.identity import hash_case_id
-from medfed.sites.redact import CaseLoadError, error_text, path_variants, scrub_message
+from medfed.sites.redact import error_text, path_variants
 from medfed.sites.splits import SPLITS, assign_splits, straddling_groups
 from medfed.stats import suppress_count
 from medfed.stats.disclosure import protect_summary
+
+if TYPE_CHECKING:
+    from medfed.sites.datasets import SiteDataset
 
 PUBLIC_FIXED_COLUMNS = ("case_id", "site", "group", "split")
 #: the split unit of a site none of whose cases has a group key
@@ -226,11 +226,11 @@ class Site(ABC):
         split: str | Sequence[str] = "train",
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         case_ids: Sequence[str] | None = None,
-    ) -> MonaiDataset:
+    ) -> SiteDataset:
         """A MONAI ``Dataset`` of the split's cases: dicts with ``image``, ``label``, ``case_id``.
 
         ``transform`` (default :meth:`default_transform`, whose results are cached in memory up to
-        :data:`CACHE_BYTES` per site, since it must be deterministic) runs after the case is loaded; ``case_ids``
+        :data:`medfed.sites.datasets.CACHE_BYTES` per site, since it must be deterministic) runs after the case is loaded; ``case_ids``
         keeps only those cases of the split (e.g. the normal cases an anomaly detector trains on). The
         data list behind the dataset holds file paths; it lives in this process, inside the site.
         """
@@ -238,9 +238,10 @@ class Site(ABC):
         rows = self._table[self._table["split"].isin(names)]
         if case_ids is not None:
             rows = rows[rows["case_id"].isin(list(case_ids))]
-        if transform is None:  # the default transform is deterministic: its results are cached in memory
-            return SiteDataset(data=rows.to_dict("records"), transform=_CachedDefault(self, names[0]))
-        return SiteDataset(data=rows.to_dict("records"), transform=Compose([_LoadCase(self), transform]))
+        # MONAI is imported only where pixels are read, not for a site's tables and summary
+        from medfed.sites.datasets import site_dataset
+
+        return site_dataset(self, rows.to_dict("records"), names[0], transform)
 
     def reference_targets(self, split: str | Sequence[str] = "test") -> pd.DataFrame:
         """Ground truth of an image-label site for challenge scoring *at the site*: ``case_id``, ``source_id``
@@ -409,81 +410,6 @@ class Site(ABC):
                 f"(labels: {self.label_columns}, metadata: {self.metadata_columns})"
             )
         return table[column]
-
-
-class SiteDataset(MonaiDataset):
-    """MONAI ``Dataset`` that surfaces medfed's own error (MONAI wraps transform errors in ``RuntimeError``)."""
-
-    def __getitem__(self, index: Any) -> Any:
-        try:
-            return super().__getitem__(index)
-        except RuntimeError as err:
-            cause: BaseException | None = err
-            while cause is not None and not isinstance(cause, MedfedError):
-                cause = cause.__cause__
-            if cause is None:
-                raise
-            raise cause from None
-
-
-#: memory for cached default-transformed cases, per site (``MEDFED_CACHE_MB``, default 1024; 0 disables)
-CACHE_BYTES = int(float(os.environ.get("MEDFED_CACHE_MB", "1024")) * 2**20)
-
-
-def _nbytes(item: dict[str, Any]) -> int:
-    return sum(int(v.nbytes) for v in item.values() if hasattr(v, "nbytes"))
-
-
-class _CachedDefault(Transform):
-    """Load a case and apply the site's default transform, keeping the result (per site, split and case) while
-    the site's cache has room. Items are shallow copies: transforms after this one must not edit arrays in place."""
-
-    def __init__(self, site: Site, split: str) -> None:
-        self.site, self.split = site, split
-        self.load = Compose([_LoadCase(site), *([t] if (t := site.default_transform(split)) is not None else [])])
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        site, key = self.site, (self.split, row["case_id"])
-        if key in site._item_cache:
-            return dict(site._item_cache[key])
-        item = self.load(row)
-        size = _nbytes(item)
-        if site._item_cache_bytes + size <= CACHE_BYTES:
-            site._item_cache[key] = item
-            site._item_cache_bytes += size
-        return dict(item)
-
-
-class _LoadCase(Transform):
-    """First transform of every site dataset: private row -> arrays. An error names the site, the hashed case id,
-    the file's role where known and a reason scrubbed of the site's paths and the source id (it may reach the
-    round log, checkpoints and the console)."""
-
-    def __init__(self, site: Site) -> None:
-        self.site = site
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        try:
-            item = self.site._load_case(pd.Series(row))
-        except Exception as err:
-            raise MedfedError(self.message(err, row)) from None
-        item["case_id"] = row["case_id"]
-        return item
-
-    def message(self, err: BaseException, row: Mapping[str, Any]) -> str:
-        """The one-line load error for ``err``: the adapter's own located message, or site, case, role, reason."""
-        site, secrets = self.site, self.site.private_texts(row)
-        where = f"site {site.name}, case {row['case_id']}"
-        if isinstance(err, MedfedError) and str(err).startswith(where):
-            return scrub_message(str(err), secrets)  # the adapter already said where
-        if isinstance(err, CaseLoadError):
-            reason = f"{err.role} file: {scrub_message(err.reason, secrets)}"
-        elif isinstance(err, MedfedError):  # a reader's own reason (RasterReadError, DicomReadError, ...)
-            role = f"{site.file_roles[0]} file: " if len(site.file_roles) == 1 else ""
-            reason = role + scrub_message(str(err), secrets)
-        else:
-            reason = error_text(err, secrets)
-        return f"{where}: could not be loaded ({reason}); run `medfed validate` on this site"
 
 
 def finite_problems(site: Site, array: np.ndarray, case: str, file: str) -> list[Problem]:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from monai.transforms import Compose, EnsureTyped, Resized
 from pydantic import BaseModel
 
 from medfed.config import FederationConfig, resolve_path, validate_model
@@ -67,6 +66,9 @@ def index_table(site: Site, read_records: Callable[[list[Problem]], list[Any]],
 
 def resize_2d_transform(size: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Resize ``image`` (C, H, W) to ``size`` x ``size`` by area averaging, then plain tensors (no augmentation)."""
+    # MONAI only where pixels are read (as medfed.sites.datasets)
+    from monai.transforms import Compose, EnsureTyped, Resized
+
     return Compose([
         Resized(keys="image", spatial_size=(size, size), mode="area"),
         EnsureTyped(keys=("image", "label"), track_meta=False),

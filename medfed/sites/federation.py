@@ -6,14 +6,16 @@ import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from torch.utils.data import ConcatDataset
 
 from medfed.config import FederationConfig, load_federation_config
 from medfed.errors import ConfigError, DataProblems, Problem, errors_only
 from medfed.sites.base import Site
+
+if TYPE_CHECKING:
+    from torch.utils.data import ConcatDataset
 
 #: adapter name -> module exposing
 #: ``build_sites(config, config_dir, source) -> tuple[list[Site], list[Problem]]``
@@ -61,6 +63,8 @@ class Federation:
         self, split: str | Sequence[str] = "test", transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     ) -> ConcatDataset:
         """All sites' datasets of a split, concatenated: the centralised (non-private) reference."""
+        from torch.utils.data import ConcatDataset
+
         return ConcatDataset([s.dataset(split, transform) for s in self.sites])
 
     def validate(self, progress: bool = False, allow_duplicates: bool = False) -> list[Problem]:

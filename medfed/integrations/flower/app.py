@@ -72,32 +72,36 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from medfed.integrations.flower.client import (
-    handle_evaluate,
-    handle_query,
-    handle_train,
-)
-from medfed.integrations.flower.server_run import run_server
-
 server_app = ServerApp()
 client_app = ClientApp()
+
+# Flower starts one ClientApp process per message: each handler imports only what its message needs (a query
+# reads the site's tables, without torch's and MONAI's import cost; training and evaluation need them).
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
+    from medfed.integrations.flower.server_run import run_server
+
     run_server(grid, context)
 
 
 @client_app.train()
 def train(message: Message, context: Context) -> Message:
+    from medfed.integrations.flower.client import handle_train
+
     return handle_train(message, context)
 
 
 @client_app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
+    from medfed.integrations.flower.client import handle_evaluate
+
     return handle_evaluate(message, context)
 
 
 @client_app.query()
 def query(message: Message, context: Context) -> Message:
+    from medfed.integrations.flower.node_site import handle_query
+
     return handle_query(message, context)

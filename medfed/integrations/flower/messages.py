@@ -35,14 +35,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from medfed.fl.weights import WeightLayout
 from medfed.seeding import derive_seed
+
+if TYPE_CHECKING:  # torch: not needed to read or write a message
+    from medfed.fl.weights import WeightLayout
 
 ARRAYS = "arrays"
 CONFIG = "config"
