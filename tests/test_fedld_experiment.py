@@ -15,7 +15,7 @@ from medfed.fl.config import load_experiment
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 @pytest.mark.parametrize("alpha", ["0.1"])  # alpha 1.0 runs the same code; its numbers are in the README
 def test_fedld_label_skew_experiment_reports_fedld_against_fedavg(alpha, tmp_path_factory, capsys):
     data = tmp_path_factory.getbasetemp() / "fedld_demo_data"  # shared by both levels: generated once

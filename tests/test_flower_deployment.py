@@ -19,7 +19,7 @@ from medfed.integrations.flower.local_cluster import LocalCluster, flower_cli_av
 
 APP = Path(__file__).resolve().parents[1] / "medfed" / "integrations" / "flower"
 _CLI_OK, _CLI_REASON = flower_cli_available()
-pytestmark = [pytest.mark.slow(seconds=200), pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI missing")]
+pytestmark = [pytest.mark.slow(seconds=145), pytest.mark.skipif(not _CLI_OK, reason=_CLI_REASON or "Flower CLI missing")]
 
 
 @pytest.fixture(scope="module")

@@ -259,7 +259,7 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.mark.slow(seconds=250)
+@pytest.mark.slow(seconds=190)
 @needs_cli
 def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federation, tmp_path):
     """`medfed run --engine flower` killed (with its SuperLink and SuperNodes) after round 1 of 2; `--resume`
@@ -317,7 +317,7 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     assert [p.name.startswith("logs-") for p in (out / "flower").iterdir()].count(True) == 1  # the killed run's
 
 
-@pytest.mark.slow(seconds=160)
+@pytest.mark.slow(seconds=120)
 @needs_cli
 @pytest.mark.usefixtures("ray_ready")
 def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_path):

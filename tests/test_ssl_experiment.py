@@ -16,7 +16,7 @@ from medfed.cli import main
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
-@pytest.mark.slow(seconds=150)
+@pytest.mark.slow(seconds=165)
 def test_ssl_init_beats_random_init_under_fedavg_on_the_pooled_test_set(tmp_path_factory):
     data = tmp_path_factory.getbasetemp() / "ssl_demo_data"
     out = tmp_path_factory.mktemp("ssl_reports")
