@@ -29,7 +29,7 @@ Engines:
     Flower's Simulation Engine: ``flower-superlink --simulation`` and ``num-supernodes`` = number of sites,
     virtual nodes on Ray (needs ``flwr[simulation]``; Ray runs in loopback mode, listening on 127.0.0.1 only).
     A virtual node has no ``site-config``; the ClientApp takes site ``partition-id`` of the run's ``sites``
-    (:func:`medfed.integrations.flower.client.site_node_config`).
+    (:func:`medfed.integrations.flower.node_site.site_node_config`).
 
 What the Flower App refuses is refused here too, before anything is written: ``partition``,
 ``site_conditions``, ``server_benchmark``, strategies that pool data (centralised) or train sites one after

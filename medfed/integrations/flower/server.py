@@ -8,7 +8,7 @@ in-process, with the same seeds, the same record and the same checkpoint, so a r
 same way:
 
 * **Nodes are sites.** A node says which site it is in reply to a ``query`` message (its name comes from
-  its own node config, see :mod:`medfed.integrations.flower.client`). Before the first round, and at the
+  its own node config, see :mod:`medfed.integrations.flower.node_site`). Before the first round, and at the
   start of any round in which a site of the run has no connected node (so a hospital that reconnects under
   a new node id is found again), the server asks every node it has not heard from, with a bounded wait
   (``query-timeout``). A node naming a site outside the run's sites, or one another connected node already
