@@ -230,9 +230,9 @@ class Site(ABC):
         """A MONAI ``Dataset`` of the split's cases: dicts with ``image``, ``label``, ``case_id``.
 
         ``transform`` (default :meth:`default_transform`, whose results are cached in memory up to
-        :data:`medfed.sites.datasets.CACHE_BYTES` per site, since it must be deterministic) runs after the case is loaded; ``case_ids``
-        keeps only those cases of the split (e.g. the normal cases an anomaly detector trains on). The
-        data list behind the dataset holds file paths; it lives in this process, inside the site.
+        :data:`medfed.sites.datasets.CACHE_BYTES` per site, since it must be deterministic) runs after the case is
+        loaded; ``case_ids`` keeps only those cases of the split (e.g. the normal cases an anomaly detector trains
+        on). The data list behind the dataset holds file paths; it lives in this process, inside the site.
         """
         names = [split] if isinstance(split, str) else list(split)
         rows = self._table[self._table["split"].isin(names)]
