@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import psutil
 import pytest
@@ -50,6 +50,14 @@ def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | No
         "training": {"rounds": rounds, "local_epochs": 1, "eval_every": eval_every}, "methods": methods or ["fedavg"],
         **extra}))
     return path
+
+
+def without_timing(record: dict[str, Any]) -> dict[str, Any]:
+    """A round record less what depends on the machine's speed (wall-clock seconds)."""
+    record = {k: v for k, v in record.items() if k != "seconds"}
+    if "work" in record:
+        record["work"] = {s: {k: v for k, v in w.items() if k != "seconds"} for s, w in record["work"].items()}
+    return record
 
 
 def node_configs(hospitals: dict[str, Path]) -> list[dict[str, str]]:

@@ -33,7 +33,7 @@ from fake_grid import (
     settings,
     wire_round_trip,
 )
-from flower_support import write_hospitals
+from flower_support import without_timing, write_hospitals
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from medfed.fl.checkpoint import load_checkpoint
@@ -108,14 +108,6 @@ def assert_identical(a: Any, b: Any) -> None:
 
 def rounds_log(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-
-
-def without_timing(record: dict[str, Any]) -> dict[str, Any]:
-    """A round record less what depends on the machine's speed (wall-clock seconds)."""
-    record = {k: v for k, v in record.items() if k != "seconds"}
-    if "work" in record:
-        record["work"] = {s: {k: v for k, v in w.items() if k != "seconds"} for s, w in record["work"].items()}
-    return record
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,14 @@ import yaml
 
 pytest.importorskip("flwr.app")
 
-from flower_support import SITES, LoopbackWatch, experiment, ray_ready, write_hospitals  # noqa: F401
+from flower_support import (  # noqa: F401
+    SITES,
+    LoopbackWatch,
+    experiment,
+    ray_ready,
+    without_timing,
+    write_hospitals,
+)
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -225,16 +232,6 @@ def same_as_in_process(flower_out: Path, reference: Path) -> None:
                                   pd.read_csv(reference / "predictions" / "fedavg.csv"))
 
 
-def rounds_without_timing(path: Path) -> list[dict]:
-    """A run's rounds log less what depends on the machine's speed (wall-clock seconds)."""
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    for record in records:
-        record.pop("seconds", None)
-        for work in record.get("work", {}).values():
-            work.pop("seconds", None)
-    return records
-
-
 def kill_tree(process: subprocess.Popen) -> list[psutil.Process]:
     """SIGKILL a running process and everything below it at once (the machine running the server dies);
     returns the processes still alive 10 s later (none expected)."""
@@ -333,7 +330,8 @@ def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_p
     out = tmp_path / "sim" / "exp"
     same_as_in_process(out, reference.out)
     # the rounds log, round 1's per-site and pooled evaluation included, as in-process (less wall-clock seconds)
-    logs = [rounds_without_timing(run / "runs" / "fedavg" / "rounds.jsonl") for run in (out, reference.out)]
+    lines = [(run / "runs" / "fedavg" / "rounds.jsonl").read_text().splitlines() for run in (out, reference.out)]
+    logs = [[without_timing(json.loads(line)) for line in log] for log in lines]
     assert logs[0] == logs[1] and set(logs[0][0]["eval"]) >= {*SITES, "pooled"}
     assert not (out / "flower" / "sites").exists()  # virtual nodes read the experiment's federation
     # resumed: nothing left to train, the final models are evaluated again, the same files come out
