@@ -1,4 +1,4 @@
-"""Datasets of a site's cases: MONAI ``Dataset`` s whose first transform loads a case inside the site.
+"""Datasets of a site's cases: MONAI datasets whose first transform loads a case inside the site.
 
 Kept apart from :mod:`medfed.sites.base` so that reading a site's tables (indexing, summaries, the answer a
 Flower node gives to "which site are you") does not import MONAI; :meth:`medfed.sites.base.Site.dataset` builds
