@@ -17,7 +17,7 @@ Three workers on two cores (``-n 3``): the Flower tests spend much of their time
 every 3 s, the ServerApp's Grid every 3 s, a crashed node is declared unavailable after 60 s) while the
 seeded-claim tests are CPU-bound. Measured on one 2-core machine: ``-n 2`` 12 min 42 s; ``-n 3`` 10 min 49 s
 (slow tests in collection order), 11 min 00 s and, on a clean clone, 12 min 00 s (this order). With three
-workers the CPU was idle 0.3 % of a full run (sampled from /proc/stat every 5 s), so the suite got faster since
+workers the CPU was idle 0.3 % of a full run (sampled from /proc/stat every 5 s), so it has since been made faster
 by computing less (README, Tests: 8 min 37 s at commit 1e951a3 on another 2-core machine).
 """
 

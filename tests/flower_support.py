@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import socket
 import threading
 import time
@@ -50,6 +51,19 @@ def experiment(path: Path, federation: Path, rounds: int = 1, methods: list | No
         "training": {"rounds": rounds, "local_epochs": 1, "eval_every": eval_every}, "methods": methods or ["fedavg"],
         **extra}))
     return path
+
+
+def only_sites(federation: Path, sites: list[str]) -> Path:
+    """The federation file with only ``sites`` (in its order), written beside it so its relative paths hold."""
+    config = yaml.safe_load(federation.read_text())
+    path = federation.parent / f"{'+'.join(sites)}.yaml"
+    path.write_text(yaml.safe_dump({**config, "sources": [s for s in config["sources"] if s["name"] in sites]}))
+    return path
+
+
+def rounds_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a method's ``rounds.jsonl``, one per round."""
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 def without_timing(record: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ depends only on (seed, round, site), weights travel as exact float32, numbers as
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from fake_grid import (
     settings,
     wire_round_trip,
 )
-from flower_support import without_timing, write_hospitals
+from flower_support import rounds_log, without_timing, write_hospitals
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from medfed.fl.checkpoint import load_checkpoint
@@ -104,10 +103,6 @@ def assert_identical(a: Any, b: Any) -> None:
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.tobytes() == b.tobytes()
     else:
         assert a == b
-
-
-def rounds_log(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

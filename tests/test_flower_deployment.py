@@ -6,14 +6,19 @@ resume, is tests/test_flower_engine.py's.)"""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from flower_support import SITES, experiment, node_configs, write_hospitals
+from flower_support import (
+    SITES,
+    experiment,
+    node_configs,
+    only_sites,
+    rounds_log,
+    write_hospitals,
+)
 
 from medfed.integrations.flower.local_cluster import LocalCluster, flower_cli_available
 
@@ -28,16 +33,10 @@ def hospitals(tmp_path_factory) -> dict[str, Path]:
     return write_hospitals(tmp_path_factory.mktemp("small"))
 
 
-def rounds_log(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-
-
 def test_a_supernode_killed_during_a_round_is_recorded_and_the_round_completes(hospitals, tmp_path):
     sites = list(SITES[:2])
-    three = yaml.safe_load(hospitals["federation"].read_text())
-    two = hospitals["federation"].parent / "two.yaml"  # beside three.yaml: its relative paths hold
-    two.write_text(yaml.safe_dump({**three, "sources": [s for s in three["sources"] if s["name"] in sites]}))
-    config = experiment(tmp_path / "exp.yaml", two, rounds=2, eval_every=0)  # final eval only
+    config = experiment(tmp_path / "exp.yaml", only_sites(hospitals["federation"], sites), rounds=2,
+                        eval_every=0)  # final eval only
     out = tmp_path / "flower"
     run_dir = out / "exp" / "runs" / "fedavg"
     with LocalCluster(node_configs(hospitals)[:2], log_dir=tmp_path / "logs") as cluster:

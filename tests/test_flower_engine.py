@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,9 @@ from flower_support import (  # noqa: F401
     SITES,
     LoopbackWatch,
     experiment,
+    only_sites,
     ray_ready,
+    rounds_log,
     without_timing,
     write_hospitals,
 )
@@ -265,13 +266,10 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     CPU importing torch and MONAI, so fewer of them keep the test short; three sites and the per-round evaluation
     in the rounds log are the simulation test's below.)"""
     sites = list(SITES[:2])
-    three = yaml.safe_load(federation.read_text())
-    two = federation.parent / "two.yaml"  # beside three.yaml: its relative paths hold
-    two.write_text(yaml.safe_dump({**three, "sources": [s for s in three["sources"] if s["name"] in sites]}))
-    config = experiment(tmp_path / "exp.yaml", two, rounds=2, eval_every=0)
+    config = experiment(tmp_path / "exp.yaml", only_sites(federation, sites), rounds=2, eval_every=0)
     reference = run_experiment(config, tmp_path / "inprocess", progress=False)
     out = tmp_path / "flower" / "exp"
-    rounds_log = out / "runs" / "fedavg" / "rounds.jsonl"
+    run_dir = out / "runs" / "fedavg"
     (tmp_path / "tmp").mkdir()  # the killed cluster cannot remove its temp folder: keep it in pytest's
     with open(tmp_path / "killed-run.log", "wb") as log:
         process = subprocess.Popen(
@@ -281,11 +279,11 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
             stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while process.poll() is None and time.monotonic() < deadline and not (
-                rounds_log.is_file() and rounds_log.read_text().strip()):
+                (run_dir / "rounds.jsonl").is_file() and (run_dir / "rounds.jsonl").read_text().strip()):
             time.sleep(0.05)
         alive = kill_tree(process)  # round 1 is logged and checkpointed; round 2 is under way
     assert alive == [] and processes_mentioning(str(tmp_path)) == [], (tmp_path / "killed-run.log").read_text()[-2000:]
-    assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1]
+    assert [r["round"] for r in rounds_log(run_dir)] == [1]
     assert not (out / "metrics.csv").exists(), "the run finished before it could be killed"
 
     began = time.monotonic()
@@ -298,10 +296,9 @@ def test_a_killed_flower_deployment_run_resumes_to_the_in_process_numbers(federa
     assert processes_mentioning(str(tmp_path)) == []
     assert result.out == out and result.name == "exp" and result.primary_metric == reference.primary_metric
     assert result.stopped == {} and result.failures == []
-    assert [json.loads(x)["round"] for x in rounds_log.read_text().splitlines()] == [1, 2]
+    assert [r["round"] for r in rounds_log(run_dir)] == [1, 2]
     same_as_in_process(out, reference.out)
-    local_log = reference.out / "runs" / "fedavg" / "rounds.jsonl"
-    for got, want in zip(*(map(json.loads, log.read_text().splitlines()) for log in (rounds_log, local_log)),
+    for got, want in zip(rounds_log(run_dir), rounds_log(reference.out / "runs" / "fedavg"),
                          strict=True):  # round 1 from the killed run, round 2 from the resumed one
         assert got["completed"] == want["completed"] == sites
         assert got["train_loss"] == want["train_loss"] and "eval" not in got and "eval" not in want
@@ -330,8 +327,7 @@ def test_flower_simulation_engine_equals_the_in_process_engine(federation, tmp_p
     out = tmp_path / "sim" / "exp"
     same_as_in_process(out, reference.out)
     # the rounds log, round 1's per-site and pooled evaluation included, as in-process (less wall-clock seconds)
-    lines = [(run / "runs" / "fedavg" / "rounds.jsonl").read_text().splitlines() for run in (out, reference.out)]
-    logs = [[without_timing(json.loads(line)) for line in log] for log in lines]
+    logs = [[without_timing(r) for r in rounds_log(run / "runs" / "fedavg")] for run in (out, reference.out)]
     assert logs[0] == logs[1] and set(logs[0][0]["eval"]) >= {*SITES, "pooled"}
     assert not (out / "flower" / "sites").exists()  # virtual nodes read the experiment's federation
     # resumed: nothing left to train, the final models are evaluated again, the same files come out
