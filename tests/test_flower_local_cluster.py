@@ -22,9 +22,9 @@ from medfed.integrations.flower.local_cluster import (
     SUPERNODE_BIN,
     LocalCluster,
     find_binary,
-    with_interpreter_bin_first,
     flower_cli_available,
     free_port,
+    with_interpreter_bin_first,
 )
 
 APP_DIR = Path(__file__).parent / "flower_echo_app"
@@ -112,6 +112,36 @@ def test_simulation_engine_echo_on_loopback_only(tmp_path: Path) -> None:
     assert cluster.processes_alive() == []
     # Ray in loopback mode: its servers listen on, and its processes connect to, 127.0.0.1 only
     assert network.listening and network.outside() == []
+
+
+_CLOUD_PROBE = """
+import json, sys
+seen = []
+sys.addaudithook(lambda event, args: seen.append([event, str(args[1] if event == "socket.connect" else args[0])])
+                 if event in ("socket.connect", "socket.getaddrinfo") else None)
+from ray._common.usage.usage_lib import get_cloud_from_metadata_requests
+cloud = get_cloud_from_metadata_requests()
+print(json.dumps({"cloud": cloud, "seen": seen}))
+"""
+
+
+@pytest.mark.slow(seconds=3)
+def test_rays_cloud_metadata_requests_stay_on_loopback_in_the_simulation_environment(tmp_path: Path) -> None:
+    """Ray's dashboard asks 169.254.169.254 / metadata.google.internal which cloud it runs on at every start
+    (CI caught the simulation engine's SuperLink connecting there); in the SuperLink's environment the very
+    same request resolves and connects nothing but loopback (the dead proxy refuses it)."""
+    pytest.importorskip("ray")
+    with LocalCluster(simulation=True) as cluster:
+        env = cluster.superlink_env(tmp_path / "home")
+        probe = subprocess.run([sys.executable, "-c", _CLOUD_PROBE], env=env, capture_output=True, text=True, check=False,
+                               timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report["cloud"] == "unknown"
+    assert report["seen"], "the audit hook saw no socket at all: the probe did not run"
+    touched = {target for _, target in report["seen"]}
+    assert all("127.0.0.1" in t for t in touched), touched
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
 
 
 def test_tls_and_supernode_authentication_admit_registered_nodes_only(tmp_path: Path) -> None:

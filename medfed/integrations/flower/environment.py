@@ -36,10 +36,32 @@ FLWR_BIN = "flwr"
 _LOOPBACK = "127.0.0.1"
 
 
-# Ray's single-machine mode (its default on macOS/Windows): the node address is 127.0.0.1, so every Ray
-# server (GCS, raylet, object manager, workers) listens on, and every Ray connection goes to, loopback only.
-# On Linux Ray otherwise takes the machine's outward address and listens on all interfaces.
-RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# A loopback port nothing serves (the "discard" port): HTTP sent through it as a proxy is refused on this
+# machine instead of leaving it.
+DEAD_LOOPBACK_PROXY = "http://127.0.0.1:9"
+
+
+# Ray kept on this machine:
+# - RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's single-machine mode (its default on macOS/Windows); the node
+#   address is 127.0.0.1, so every Ray server (GCS, raylet, object manager, workers) listens on, and every Ray
+#   connection goes to, loopback only. On Linux Ray otherwise takes the machine's outward address and listens
+#   on all interfaces.
+# - RAY_USAGE_STATS_ENABLED=0: no usage report to usage-stats.ray.io.
+# - HTTP(S)_PROXY: the dashboard's usage module asks the cloud metadata services (169.254.169.254,
+#   metadata.google.internal) which cloud it runs on, at every start and whatever the setting above
+#   (ray 2.55, ``usage_stats_head.UsageStatsHead.run``); through the dead proxy those requests are refused on
+#   loopback (Ray then records the cloud as "unknown"). Loopback itself is exempt (``NO_PROXY``), so Ray's own
+#   and Flower's gRPC and HTTP on 127.0.0.1 go direct.
+RAY_LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HTTP_PROXY": DEAD_LOOPBACK_PROXY,
+    "HTTPS_PROXY": DEAD_LOOPBACK_PROXY,
+    "http_proxy": DEAD_LOOPBACK_PROXY,
+    "https_proxy": DEAD_LOOPBACK_PROXY,
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
 
 
 _BASE_ENV = {

@@ -61,8 +61,10 @@ What flwr 1.42 looks like (read from ``--help`` and the installed sources)
   ``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1`` (otherwise the
   binaries phone home), ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` (the
   SuperLink otherwise ``uv sync``-installs an app's dependencies). With
-  ``--simulation`` also ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray's node
-  address becomes 127.0.0.1, so Ray listens on and connects to loopback only.
+  ``--simulation`` also ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's node
+  address becomes 127.0.0.1, so Ray listens on and connects to loopback only),
+  ``RAY_USAGE_STATS_ENABLED=0`` and a dead loopback HTTP proxy (Ray's dashboard
+  otherwise asks the cloud metadata services at 169.254.169.254 where it runs).
 
 The same deployment across hospitals, with TLS and SuperNode authentication
 ---------------------------------------------------------------------------
@@ -264,6 +266,17 @@ class LocalCluster(FlwrCommands):
         home.mkdir(parents=True, exist_ok=True)
         return env
 
+    def superlink_env(self, home: Path) -> dict[str, str]:
+        """:meth:`process_env`; with ``simulation`` also Ray kept on this machine (:data:`RAY_LOOPBACK_ENV`)
+        and a short ``RAY_TMPDIR`` of this cluster's own (removed by :meth:`close`) unless one is set."""
+        env = self.process_env(home)
+        if self.simulation:
+            if self._ray_tmp is None and "RAY_TMPDIR" not in env:
+                self._ray_tmp = short_temp_dir()
+            env.setdefault("RAY_TMPDIR", str(self._ray_tmp))
+            env.update(RAY_LOOPBACK_ENV)
+        return env
+
     def start(self) -> None:
         """Start SuperLink and SuperNodes; block until all are ready."""
         ok, reason = flower_cli_available()
@@ -305,12 +318,7 @@ class LocalCluster(FlwrCommands):
             ]  # fmt: skip
             if self.simulation:
                 cmd.append("--simulation")
-            env = self.process_env(self.workdir / "superlink-home")
-            if self.simulation:
-                if self._ray_tmp is None and "RAY_TMPDIR" not in env:
-                    self._ray_tmp = short_temp_dir()
-                env.setdefault("RAY_TMPDIR", str(self._ray_tmp))
-                env.update(RAY_LOOPBACK_ENV)
+            env = self.superlink_env(self.workdir / "superlink-home")
             log = self.log_dir / (f"superlink.{attempt}.log" if attempt else "superlink.log")
             self.superlink = _Managed.spawn("superlink", cmd, env, log, self.workdir)
             deadline = time.monotonic() + self.startup_timeout
