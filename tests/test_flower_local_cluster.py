@@ -125,13 +125,12 @@ print(json.dumps({"cloud": cloud, "seen": seen}))
 """
 
 
-@pytest.mark.slow(seconds=3)
 def test_rays_cloud_metadata_requests_stay_on_loopback_in_the_simulation_environment(tmp_path: Path) -> None:
     """Ray's dashboard asks 169.254.169.254 / metadata.google.internal which cloud it runs on at every start
     (CI caught the simulation engine's SuperLink connecting there); in the SuperLink's environment the very
     same request resolves and connects nothing but loopback (the dead proxy refuses it)."""
     pytest.importorskip("ray")
-    with LocalCluster(simulation=True) as cluster:
+    with contextlib.closing(LocalCluster(simulation=True)) as cluster:  # its environment only: nothing started
         env = cluster.superlink_env(tmp_path / "home")
         probe = subprocess.run([sys.executable, "-c", _CLOUD_PROBE], env=env, capture_output=True, text=True, check=False,
                                timeout=60)
